@@ -1,0 +1,53 @@
+# Everything runs inside .venv; targets install it first when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+EBR := $(VENV)/bin/ebr
+STAMP := $(VENV)/.installed
+DATA ?= data
+SCALE ?= small
+SEED ?= 7
+
+.PHONY: install test test-all demo train reproduce horovod bench bench-preprocess bench-model bench-train clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# The slow tests too (larger worlds, longer training).
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow" tests
+
+demo: $(STAMP)
+	$(PY) -m pipeline.demo --scale $(SCALE) --seed $(SEED) --data $(DATA)
+
+train: $(STAMP)
+	$(PY) -m pipeline.demo --scale $(SCALE) --seed $(SEED) --data $(DATA) --only-data
+	$(EBR) train --data $(DATA)/$(SCALE)/processed --model-dir runs/$(SCALE) --cluster local-ps
+
+reproduce: $(STAMP)
+	$(PY) -m model.reproduce --data $(DATA) --out reports
+
+horovod: $(STAMP)
+	bash tools/build_horovod.sh $(PY)
+
+bench: bench-preprocess bench-model bench-train
+
+bench-preprocess: $(STAMP)
+	$(PY) -m pipeline.bench --data $(DATA)
+
+bench-model: $(STAMP)
+	$(PY) -m model.bench
+
+bench-train: $(STAMP)
+	$(PY) -m model.bench_train --data $(DATA)
+
+clean:
+	rm -rf $(DATA) runs .pytest_cache

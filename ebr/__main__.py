@@ -1,0 +1,5 @@
+import sys
+
+from ebr.cli import main
+
+sys.exit(main())

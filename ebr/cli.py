@@ -1,0 +1,55 @@
+"""`ebr <command> --help` explains every option.
+
+Each command lives in its own module exposing `add_arguments(parser)` and
+`main(args) -> int`; modules import heavy libraries (TensorFlow, Beam) only inside
+`main`, so `ebr --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import features  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+# name -> (module, one-line help); order is the order of the data flow.
+COMMANDS = {
+    "synth": ("pipeline.synth", "generate a synthetic Taobao-like world (items, events, ground truth)"),
+    "convert": ("pipeline.convert", "convert a public dataset (JDsearch) to the raw data contract"),
+    "preprocess": ("pipeline.preprocess", "Beam job: raw items/events -> tokenised TFRecords + vocabularies"),
+    "train": ("model.train", "train MGDSPR (in-process PS cluster, TF_CONFIG cluster, single, horovod)"),
+    "eval": ("model.evaluate", "Recall@K, P_good@K and filter pass share on the test window"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ebr",
+        description="Embedding-based product retrieval (MGDSPR, Taobao KDD 2021), end to end.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=(module.__doc__ or help_text).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args._module, "ACCEPTS_EXTRA_ARGS", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra_args = extra
+    try:
+        return int(args._module.main(args) or 0)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"ebr {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="mgdspr-ebr",
+    version="0.1.0",
+    description="Embedding-based product retrieval (MGDSPR, Taobao KDD 2021): Beam preprocessing, "
+    "TF2 two-tower training on parameter servers, ScaNN + TF Serving retrieval",
+    python_requires=">=3.10,<3.12",
+    packages=find_packages(include=["ebr", "features", "pipeline", "model", "serving"]),
+    install_requires=[
+        "tensorflow==2.20.*",
+        "tf-keras==2.20.*",
+        "tensorflow-recommenders==0.7.7",
+        "scann[tf]==1.4.2",
+        "apache-beam==2.77.*",
+        "jieba==0.42.1",
+        "tensorflow-serving-api==2.20.*",
+        "pyarrow",
+        "numpy",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["ebr=ebr.cli:main"]},
+)
