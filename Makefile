@@ -26,10 +26,10 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow" tests
 
 demo: $(STAMP)
-	$(PY) -m pipeline.demo --scale $(SCALE) --seed $(SEED) --data $(DATA)
+	$(PY) -m ebr.demo --scale $(SCALE) --seed $(SEED) --data $(DATA)
 
 train: $(STAMP)
-	$(PY) -m pipeline.demo --scale $(SCALE) --seed $(SEED) --data $(DATA) --only-data
+	$(PY) -m ebr.demo --scale $(SCALE) --seed $(SEED) --data $(DATA) --only-data
 	$(EBR) train --data $(DATA)/$(SCALE)/processed --model-dir runs/$(SCALE) --cluster local-ps
 
 reproduce: $(STAMP)
