@@ -1,0 +1,223 @@
+"""Every MGDSPR hyperparameter in one dataclass, the paper's values as defaults.
+
+    cfg = load_config("runs/cfg.json", ["temperature=1.0", "use_mix=false"])
+    cfg = MGDSPRConfig(**ABLATIONS["no_mgs"])
+
+A JSON file gives a base, "key=value" overrides are applied on top with the field's type
+(bools accept true/false/1/0/yes/no, tuples accept "64,32" or a JSON list), and an unknown
+key is an error naming the key, so a typo cannot silently train the wrong model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from features.io import read_text
+
+
+@dataclass
+class MGDSPRConfig:
+    """Hyperparameters of the model, its loss and its optimiser.
+
+    Sizes are counts of vectors/units; `embedding_dim` is d of the paper (user tower, item
+    tower, every embedding table and the LSTM hidden size)."""
+
+    # -- dimensions ---------------------------------------------------------------------
+    embedding_dim: int = 128
+    num_heads: int = 8  # heads of every multi-head attention (paper: 8 in the real-time branch)
+    query_transformer_layers: int = 1  # Transformer over query words (q_seg_seq)
+    fusion_transformer_layers: int = 1  # Transformer over [CLS], Q_mgs, H_real, H_short, H_long
+    transformer_ff_dim: int = 256  # hidden units of the Transformers' feed-forward blocks
+    lstm_layers: int = 2  # real-time branch, residual connections between layers
+    lstm_unroll: bool = False  # unrolled LSTM: a flat graph (FLOP counting), same maths
+    dropout: float = 0.2
+
+    # -- loss ---------------------------------------------------------------------------
+    loss: str = "softmax"  # "softmax" (global comparison) | "hinge" (pairwise, the paper's contrast)
+    hinge_margin: float = 1.0  # margin of the pairwise hinge on raw dot products
+    temperature: float = 2.0  # tau: logits are <u, i> / tau
+    # Random catalog items per batch (`neg_*` features), on top of the batch's other
+    # positives. Pool of sampled negatives = batch_size - 1 + num_random_negatives, which
+    # must hold hard_negatives (paper: 684 with batch 256 -> at least 429 random items).
+    num_random_negatives: int = 512
+    log_q_correction: bool = True  # subtract log expected sample count from sampled logits
+    catalog_size: int = 0  # items random negatives are drawn from; 0 = item_id vocabulary size
+    use_mix: bool = True  # relevance-improving hard negatives I_mix
+    hard_negatives: int = 684  # N: top-N sampled negatives per query that get mixed
+    mix_a: float = 0.4  # alpha ~ U(mix_a, mix_b); alpha near 1 = harder negatives
+    mix_b: float = 0.6
+
+    # -- architecture switches (the paper's ablations) ----------------------------------
+    model: str = "mgdspr"  # "mgdspr" | "mlp" (the alpha-DNN baseline)
+    use_mgs: bool = True  # multi-grained semantic unit; False = mean of query words only
+    use_trm: bool = True  # fusion Transformer; False = concatenation + dense
+    mlp_hidden_units: tuple[int, ...] = (512, 256)  # alpha-DNN baseline user tower
+
+    # -- optimisation -------------------------------------------------------------------
+    batch_size: int = 256
+    optimizer: str = "adagrad"  # "adagrad" | "adam" | "sgd"
+    learning_rate: float = 0.1
+    adagrad_initial_accumulator: float = 0.1
+    clip_norm: float = 3.0  # global L2 norm of all gradients; 0 = no clipping
+    seed: int = 0
+
+    def __post_init__(self):
+        # JSON gives lists; keep tuples so configs compare and hash predictably.
+        self.mlp_hidden_units = tuple(int(u) for u in self.mlp_hidden_units)
+        problems = []
+        d = self.embedding_dim
+        if d <= 0:
+            problems.append(f"embedding_dim must be positive, got {d}")
+        if self.num_heads <= 0 or d % self.num_heads:
+            problems.append(f"embedding_dim ({d}) must be a multiple of num_heads ({self.num_heads})")
+        if self.loss not in ("softmax", "hinge"):
+            problems.append(f"loss must be 'softmax' or 'hinge', got {self.loss!r}")
+        if self.model not in ("mgdspr", "mlp"):
+            problems.append(f"model must be 'mgdspr' or 'mlp', got {self.model!r}")
+        if self.optimizer not in ("adagrad", "adam", "sgd"):
+            problems.append(f"optimizer must be 'adagrad', 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.mix_a < self.mix_b <= 1.0:
+            problems.append(f"need 0 <= mix_a < mix_b <= 1, got mix_a={self.mix_a}, mix_b={self.mix_b}")
+        if self.batch_size < 2:
+            problems.append(f"batch_size must be >= 2 (in-batch negatives), got {self.batch_size}")
+        if self.num_random_negatives < 0:
+            problems.append(f"num_random_negatives must be >= 0, got {self.num_random_negatives}")
+        if self.hard_negatives < 1:
+            problems.append(f"hard_negatives must be >= 1, got {self.hard_negatives}")
+        pool = self.batch_size - 1 + self.num_random_negatives
+        if self.use_mix and self.hard_negatives > pool:
+            problems.append(
+                f"hard_negatives ({self.hard_negatives}) exceeds the sampled negatives per query "
+                f"(batch_size - 1 + num_random_negatives = {self.batch_size} - 1 + "
+                f"{self.num_random_negatives} = {pool}); raise num_random_negatives to at least "
+                f"{self.hard_negatives - self.batch_size + 1} or lower hard_negatives"
+            )
+        for name in ("query_transformer_layers", "fusion_transformer_layers", "transformer_ff_dim", "lstm_layers"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.clip_norm < 0:
+            problems.append(f"clip_norm must be >= 0, got {self.clip_norm}")
+        if self.catalog_size < 0:
+            problems.append(f"catalog_size must be >= 0, got {self.catalog_size}")
+        if any(u <= 0 for u in self.mlp_hidden_units):
+            problems.append(f"mlp_hidden_units must be positive, got {self.mlp_hidden_units}")
+        if problems:
+            raise ValueError("invalid MGDSPRConfig: " + "; ".join(problems))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "MGDSPRConfig":
+        values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError(f"a config must be a JSON object, got {type(values).__name__}")
+        _check_keys(values)
+        return cls(**values)
+
+    def replace(self, **changes) -> "MGDSPRConfig":
+        _check_keys(changes)
+        return dataclasses.replace(self, **changes)
+
+
+# The paper's ablations (Table 3/4): MGDSPR, without the multi-grained semantic unit,
+# without the fusion Transformer, tau = 1, without I_mix, pairwise hinge, alpha-DNN.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "mgdspr": {},
+    "no_mgs": {"use_mgs": False},
+    "no_trm": {"use_trm": False},
+    "tau1": {"temperature": 1.0},
+    "no_mix": {"use_mix": False},
+    "hinge": {"loss": "hinge"},
+    "mlp": {"model": "mlp"},
+}
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(MGDSPRConfig)}
+
+
+def _check_keys(values: dict) -> None:
+    unknown = sorted(set(values) - set(_fields()))
+    if unknown:
+        raise ValueError(f"unknown MGDSPRConfig key(s) {unknown}; known: {sorted(_fields())}")
+
+
+def _coerce(key: str, text: str) -> Any:
+    """Parses an override's text to the type of field `key`."""
+    hints = typing.get_type_hints(MGDSPRConfig)
+    kind = hints[key]
+    try:
+        if kind is bool:
+            low = text.strip().lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if kind is str:
+            return text
+        if typing.get_origin(kind) is tuple:
+            text = text.strip()
+            items = json.loads(text) if text.startswith("[") else [t for t in text.split(",") if t.strip()]
+            return tuple(int(v) for v in items)
+    except (ValueError, json.JSONDecodeError) as e:
+        raise ValueError(f"override {key}={text!r}: cannot read as {kind}: {e}") from None
+    raise ValueError(f"override {key}: unsupported field type {kind}")
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """["temperature=1", "use_mix=false"] -> {"temperature": 1.0, "use_mix": False}."""
+    out = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        _check_keys({key: None})
+        out[key] = _coerce(key, value)
+    return out
+
+
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> MGDSPRConfig:
+    """The config from a JSON file (or the defaults when `path` is None), then overrides."""
+    base: dict[str, Any] = {}
+    if path:
+        base = dataclasses.asdict(MGDSPRConfig.from_json(read_text(path)))
+    base.update(parse_overrides(overrides))
+    return MGDSPRConfig(**base)
+
+
+def make_optimizer(config: MGDSPRConfig):
+    """The paper's optimiser: AdaGrad, initial learning rate 0.1, gradients clipped at a
+    global L2 norm of 3 (`global_clipnorm`: applied inside `apply_gradients`, so custom
+    loops and gradient-averaging wrappers clip the averaged gradients too)."""
+    import features  # noqa: F401
+    import tensorflow as tf
+
+    clip = {"global_clipnorm": config.clip_norm} if config.clip_norm > 0 else {}
+    if config.optimizer == "adagrad":
+        return tf.keras.optimizers.Adagrad(
+            learning_rate=config.learning_rate,
+            initial_accumulator_value=config.adagrad_initial_accumulator,
+            **clip,
+        )
+    if config.optimizer == "adam":
+        return tf.keras.optimizers.Adam(learning_rate=config.learning_rate, **clip)
+    return tf.keras.optimizers.SGD(learning_rate=config.learning_rate, **clip)
+
+
+__all__ = ["ABLATIONS", "MGDSPRConfig", "load_config", "make_optimizer", "parse_overrides"]

@@ -1,0 +1,184 @@
+"""The training input pipeline: gzipped TFRecords -> id batches for the sampled softmax.
+
+One element per step is ONE dict:
+
+    user features      query_chars [b, 32], ..., rt_item_id [b, 50], ...   (int64 ids)
+    positive item      item_id [b], title_words [b, 32], leaf_cat [b], ...  (int64 ids)
+    random negatives   neg_item_id [n], neg_title_words [n, 32], ...        (int64 ids)
+    item_log_q         [b] float32: log of the positive's share of training positives,
+                       i.e. of its chance to show up as an in-batch negative
+
+b = batch size, n = `config.num_random_negatives` (random catalog items from `OUT/items/`).
+Strings are mapped to ids by `model.lookup.Lookup` inside the pipeline, so under a
+parameter-server strategy the tables live with each worker's input pipeline.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+
+import features  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+
+from features.io import exists, join, read_lines
+from features.spec import ITEM_FEATURE_NAMES, SAMPLED_ITEM_PREFIX, USER_FEATURE_NAMES, parse_examples
+
+ITEM_FREQ_FILE = "item_freq.tsv"
+LOG_Q = "item_log_q"
+TRAIN_FEATURES = USER_FEATURE_NAMES + ITEM_FEATURE_NAMES
+SHUFFLE_BUFFER = 20_000
+
+
+def split_files(data_dir: str, split: str) -> list[str]:
+    """The gzipped TFRecord shards of `split` (train, test or items) under a processed dir."""
+    pattern = os.path.join(data_dir, split, "*.tfrecord.gz")
+    files = sorted(tf.io.gfile.glob(pattern) if "://" in data_dir else glob.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no {pattern} files; run `ebr preprocess` to make {data_dir}")
+    return files
+
+
+def vocab_dir(data_dir: str) -> str:
+    return join(data_dir, "vocab")
+
+
+def count_records(files: list[str]) -> int:
+    """Records in gzipped TFRecord files (a full read; used once to size epochs)."""
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=4)
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
+
+
+def read_item_freq(path: str) -> tuple[int, int]:
+    """(distinct items, total positives) of `item_freq.tsv` (item_id \\t count); malformed
+    lines are an error naming the line."""
+    items = total = 0
+    for n, line in enumerate(read_lines(path), 1):
+        key, sep, count = line.rpartition("\t")
+        try:
+            value = int(count)
+        except ValueError:
+            value = -1
+        if not sep or not key or value < 0:
+            raise ValueError(f"{path}:{n}: expected 'item_id<TAB>count', got {line!r}")
+        items += 1
+        total += value
+    return items, total
+
+
+class LogQ(tf.Module):
+    """log q(item): item's training-positive count over all training positives, from
+    `item_freq.tsv`; items not in the file get the log of one count (they were never a
+    positive, so they can only be rarer than the rarest that was)."""
+
+    def __init__(self, path: str):
+        super().__init__(name="log_q")
+        if not exists(path):
+            raise FileNotFoundError(f"no item frequencies at {path}; run `ebr preprocess` first")
+        _, total = read_item_freq(path)
+        if total <= 0:
+            raise ValueError(f"{path}: no training positives counted")
+        self.log_total = math.log(total)
+        init = tf.lookup.TextFileInitializer(
+            path, tf.string, 0, tf.int64, 1, delimiter="\t", name="item_freq_init"
+        )
+        self.table = tf.lookup.StaticHashTable(init, default_value=1, name="item_freq")
+
+    def __call__(self, item_ids: tf.Tensor) -> tf.Tensor:
+        counts = tf.cast(tf.maximum(self.table.lookup(item_ids), 1), tf.float32)
+        return tf.math.log(counts) - self.log_total
+
+
+def _records(files: list[str], input_context, shuffle: bool, seed: int | None) -> tf.data.Dataset:
+    """Serialized examples of `files`, sharded for this input pipeline: by file when there
+    are enough files, else by record (every pipeline reads everything, keeps its share)."""
+    n_pipes = input_context.num_input_pipelines if input_context else 1
+    pipe = input_context.input_pipeline_id if input_context else 0
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    by_file = n_pipes > 1 and len(files) >= n_pipes
+    if by_file:
+        ds = ds.shard(n_pipes, pipe)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        cycle_length=min(4, len(files)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not shuffle,
+    )
+    if n_pipes > 1 and not by_file:
+        ds = ds.shard(n_pipes, pipe)
+    return ds
+
+
+def sampled_items(data_dir: str, num: int, lookup, seed: int | None = None, input_context=None) -> tf.data.Dataset:
+    """An endless stream of batches of `num` random catalog items, features prefixed `neg_`
+    (ids). Uniform over the catalog: shuffled, repeated, batched."""
+    files = split_files(data_dir, "items")
+    ds = _records(files, input_context if input_context and len(files) > 1 else None, True, seed)
+    ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.batch(num, drop_remainder=True)
+
+    def parse(serialized):
+        items = lookup(parse_examples(serialized, ITEM_FEATURE_NAMES))
+        return {SAMPLED_ITEM_PREFIX + k: v for k, v in items.items()}
+
+    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def make_dataset(
+    data_dir: str,
+    config,
+    input_context=None,
+    split: str = "train",
+    batch_size: int | None = None,
+    repeat: bool = True,
+    shuffle: bool = True,
+    with_log_q: bool = True,
+) -> tf.data.Dataset:
+    """Training batches (see the module docstring) for one input pipeline.
+
+    `input_context`: a `tf.distribute.InputContext` (per worker under a parameter-server
+    strategy, per rank under horovod) to shard the files; `batch_size` defaults to the
+    per-replica share of `config.batch_size`. Call inside a `DatasetCreator` function so
+    that the lookup tables are created on the worker that reads the data."""
+    from model.lookup import Lookup
+
+    if batch_size is None:
+        batch_size = (
+            input_context.get_per_replica_batch_size(config.batch_size) if input_context else config.batch_size
+        )
+    seed = config.seed
+    if input_context is not None and seed is not None:
+        seed = seed + 1000 * input_context.input_pipeline_id  # different order per worker
+    lookup = Lookup(vocab_dir(data_dir))
+    log_q = LogQ(join(vocab_dir(data_dir), ITEM_FREQ_FILE)) if with_log_q else None
+
+    ds = _records(split_files(data_dir, split), input_context, shuffle, seed)
+    if shuffle:
+        ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=True)
+
+    def parse(serialized):
+        feats = parse_examples(serialized, TRAIN_FEATURES)
+        out = lookup(feats)
+        if log_q is not None:
+            out[LOG_Q] = log_q(feats["item_id"])
+        return out
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    if config.num_random_negatives > 0:
+        negs = sampled_items(data_dir, config.num_random_negatives, lookup, seed, input_context)
+        ds = tf.data.Dataset.zip((ds, negs)).map(lambda a, b: {**a, **b})
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def dataset_fn(data_dir: str, config, **kwargs):
+    """A `DatasetCreator` function: `fn(input_context) -> make_dataset(...)`."""
+
+    def fn(input_context=None):
+        return make_dataset(data_dir, config, input_context, **kwargs)
+
+    return fn

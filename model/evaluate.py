@@ -1,0 +1,420 @@
+"""Evaluate a trained model the way the paper does, on the test window (the day after the
+training days) against the full item pool.
+
+    ebr eval --data data/small/processed --model-dir runs/small --out reports/small
+
+For every test search (examples grouped by search_id; the search's clicked or purchased
+items are its ground truth) the user tower embeds the query and user, the item tower embeds
+every item in `DATA/items/`, and the exact top-K by inner product is found by brute force.
+
+  Recall@K      share of the search's positives found in its top-K, averaged over searches
+  P_good@K      share of the top-K relevant to the query by the synthetic ground truth
+                (`--truth`, default `RAW/truth` next to the processed dir): the item's leaf
+                category is the query's, and its brand too when the query names one
+  Filter pass   share of the top-K that pass the relevance control: the brand / category
+                intents `features.intent` finds in the query by dictionary match of the
+                catalog's names and of aliases mined from its titles (our Num_prank)
+
+Writes OUT/metrics.json, OUT/metrics.png and OUT/intents.json (the relevance control's
+dictionary), and prints a table.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+DEFAULT_KS = (50, 200, 1000)
+log = logging.getLogger("ebr.eval")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--data", required=True, help="processed dir (test/, items/, vocab/)")
+    p.add_argument("--model-dir", required=True, help="a trained model dir (config.json, train_info.json, checkpoints/)")
+    p.add_argument("--out", required=True, help="where metrics.json and metrics.png go")
+    p.add_argument("--truth", default=None,
+                   help="ground-truth dir with queries.jsonl and items.jsonl (default: RAW/truth next to DATA)")
+    p.add_argument("--k", default=",".join(map(str, DEFAULT_KS)), help="comma-separated cut-offs (default 50,200,1000)")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint path (default: the final one in train_info.json)")
+    p.add_argument("--batch-size", type=int, default=256, help="searches scored per matmul (default 256)")
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(k) for k in str(text).split(",") if k.strip()}))
+    except ValueError:
+        raise ValueError(f"--k must be comma-separated integers, got {text!r}") from None
+    if not ks or ks[0] < 1:
+        raise ValueError(f"--k needs positive cut-offs, got {text!r}")
+    return ks
+
+
+def default_truth_dir(data_dir: str) -> str | None:
+    """`data/small/raw/truth` for `data/small/processed`, when it exists."""
+    parent = os.path.dirname(os.path.abspath(data_dir.rstrip("/")))
+    for cand in (os.path.join(parent, "raw", "truth"), os.path.join(parent, "truth")):
+        if os.path.isdir(cand):
+            return cand
+    return None
+
+
+def read_jsonl(path: str) -> list[dict]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not JSON: {e.msg}") from None
+    return out
+
+
+class Truth:
+    """Synthetic ground truth: the intent behind each query and the true fields of items."""
+
+    def __init__(self, truth_dir: str):
+        from features.tokenizer import normalize
+
+        qpath, ipath = os.path.join(truth_dir, "queries.jsonl"), os.path.join(truth_dir, "items.jsonl")
+        if not os.path.exists(qpath):
+            raise FileNotFoundError(f"no {qpath}; --truth must hold the generator's queries.jsonl")
+        self.queries: dict[str, dict] = {}
+        for n, q in enumerate(read_jsonl(qpath), 1):
+            if "query" not in q or "leaf_category" not in q:
+                raise ValueError(f"{qpath}:{n}: needs 'query' and 'leaf_category'")
+            self.queries[normalize(q["query"])] = q
+        self.items: dict[str, dict] = {}
+        if os.path.exists(ipath):
+            for n, it in enumerate(read_jsonl(ipath), 1):
+                if "item_id" not in it:
+                    raise ValueError(f"{ipath}:{n}: needs 'item_id'")
+                self.items[str(it["item_id"])] = it
+
+    def query(self, text: str) -> dict | None:
+        from features.tokenizer import normalize
+
+        return self.queries.get(normalize(text))
+
+    def relevant(self, q: dict, item_id: str, leaf_cat: str, brand: str) -> bool:
+        """The item's leaf category is the query's, and so is its brand when the query names one."""
+        t = self.items.get(item_id)
+        if t is not None:
+            leaf_cat = t.get("leaf_category", leaf_cat)
+            brand = t.get("brand", brand) or ""
+        if leaf_cat != q["leaf_category"]:
+            return False
+        want = q.get("brand") or ""
+        return not want or brand == want
+
+
+# ---------------------------------------------------------------------------------------
+# Model loading and embedding
+
+
+def load_trained(model_dir: str, checkpoint: str | None = None):
+    """(model, config, info) with the model's weights restored from `checkpoint` (default:
+    the final checkpoint of the run), in this process without any distribution strategy
+    (a checkpoint written by a PS cluster holds the full tables, whatever the sharding)."""
+    import features  # noqa: F401
+    import tensorflow as tf
+
+    from features.io import exists, join, read_text
+    from model.config import MGDSPRConfig
+    from model.train import CONFIG_FILE, INFO_FILE
+
+    info_path = join(model_dir, INFO_FILE)
+    if not exists(info_path):
+        latest = tf.train.latest_checkpoint(join(model_dir, "checkpoints"))
+        if not latest:
+            raise FileNotFoundError(f"no {info_path} and no checkpoint in {model_dir}; run `ebr train` first")
+        info = {"checkpoint": latest, "data_dir": None}
+    else:
+        info = json.loads(read_text(info_path))
+    config = MGDSPRConfig.from_json(read_text(join(model_dir, CONFIG_FILE)))
+    return config, info
+
+
+def restore(model_dir: str, data_dir: str, checkpoint: str | None = None):
+    import features  # noqa: F401
+    import tensorflow as tf
+
+    from model.data import vocab_dir
+    from model.lookup import Lookup
+    from model.train import build
+
+    config, info = load_trained(model_dir, checkpoint)
+    path = checkpoint or info["checkpoint"]
+    table_sizes = Lookup(vocab_dir(data_dir)).table_sizes
+    if info.get("table_sizes") and info["table_sizes"] != table_sizes:
+        raise ValueError(
+            f"vocabularies in {vocab_dir(data_dir)} differ from the ones {model_dir} was trained on "
+            f"({info.get('vocab_dir')}); evaluate on the same processed data"
+        )
+    model, _ = build(config, table_sizes)
+    # Restore through the towers only: every tower weight must be in the checkpoint, while
+    # optimizer slots and metric state (in the checkpoint or only in this program) are ignored.
+    towers = tf.train.Checkpoint(user_tower=model.user_tower, item_tower=model.item_tower)
+    status = tf.train.Checkpoint(model=towers).restore(path)
+    status.expect_partial().assert_existing_objects_matched()
+    step = int(path.rsplit("-", 1)[-1]) if path.rsplit("-", 1)[-1].isdigit() else None
+    return model, config, path, step
+
+
+def embed_items(model, data_dir: str, batch_size: int = 1024):
+    """Item tower over every item of `DATA/items/`: (embeddings [N, d] float32, fields)
+    where fields holds the raw item_id, brand, leaf_cat, top_cat string arrays [N] and
+    title_words [N] (tuples of words)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from features.spec import ITEM_FEATURE_NAMES, parse_examples
+    from model.data import split_files, vocab_dir
+    from model.lookup import Lookup
+
+    lookup = Lookup(vocab_dir(data_dir))
+    ds = tf.data.TFRecordDataset(split_files(data_dir, "items"), compression_type="GZIP")
+    ds = ds.batch(batch_size).map(lambda s: parse_examples(s, ITEM_FEATURE_NAMES)).prefetch(2)
+    embs, fields, titles = [], {k: [] for k in ("item_id", "brand", "leaf_cat", "top_cat")}, []
+    for raw in ds:
+        embs.append(model.item_tower(lookup(raw), training=False).numpy())
+        for k in fields:
+            fields[k].append(raw[k].numpy())
+        titles += [tuple(w.decode("utf-8") for w in row if w) for row in raw["title_words"].numpy()]
+    emb = np.concatenate(embs).astype(np.float32)
+    fields = {k: np.array([b.decode("utf-8") for b in np.concatenate(v)], dtype=object) for k, v in fields.items()}
+    fields["title_words"] = np.empty(len(titles), dtype=object)
+    fields["title_words"][:] = titles
+    _, first = np.unique(fields["item_id"], return_index=True)
+    if len(first) != len(emb):  # the pool must hold each item once, or top-K double counts
+        first = np.sort(first)
+        emb, fields = emb[first], {k: v[first] for k, v in fields.items()}
+    return emb, fields
+
+
+def embed_searches(model, data_dir: str, batch_size: int = 256):
+    """User tower over the test window, one row per search: (embeddings [S, d], queries [S],
+    positives: list of S sets of item ids). Examples are grouped by search_id."""
+    import numpy as np
+    import tensorflow as tf
+
+    from features.spec import USER_FEATURE_NAMES, parse_examples
+    from model.data import split_files, vocab_dir
+    from model.lookup import Lookup
+
+    lookup = Lookup(vocab_dir(data_dir))
+    names = USER_FEATURE_NAMES + ("search_id", "query", "item_id")
+    ds = tf.data.TFRecordDataset(split_files(data_dir, "test"), compression_type="GZIP")
+    ds = ds.batch(batch_size).map(lambda s: parse_examples(s, names)).prefetch(2)
+    index: dict[str, int] = {}
+    embs, queries, positives = [], [], []
+    for raw in ds:
+        sids = [s.decode("utf-8") for s in raw["search_id"].numpy()]
+        items = [s.decode("utf-8") for s in raw["item_id"].numpy()]
+        qs = [s.decode("utf-8") for s in raw["query"].numpy()]
+        new = [i for i, s in enumerate(sids) if s not in index and sids.index(s) == i]
+        if new:
+            user = {k: tf.gather(v, new) for k, v in lookup({k: raw[k] for k in USER_FEATURE_NAMES}).items()}
+            embs.append(model.user_tower(user, training=False).numpy())
+            for i in new:
+                index[sids[i]] = len(queries)
+                queries.append(qs[i])
+                positives.append(set())
+        for s, it in zip(sids, items):
+            positives[index[s]].add(it)
+    if not embs:
+        raise ValueError(f"no test examples in {data_dir}/test")
+    return np.concatenate(embs).astype(np.float32), queries, positives
+
+
+def top_k(users, items, k: int, batch_size: int = 256):
+    """Exact top-k item indices by inner product: [S, k] int, best first (batched matmul)."""
+    import numpy as np
+    import tensorflow as tf
+
+    k = min(k, items.shape[0])
+    item_t = tf.constant(items)
+    out = []
+    for start in range(0, users.shape[0], batch_size):
+        scores = tf.matmul(tf.constant(users[start : start + batch_size]), item_t, transpose_b=True)
+        out.append(tf.math.top_k(scores, k=k, sorted=True).indices.numpy())
+    return np.concatenate(out) if out else np.zeros((0, k), np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics
+
+
+def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, intents=None) -> dict:
+    """Recall@K, P_good@K and filter pass share@K, averaged over searches.
+
+    topk [S, >= max(ks)] item indices; item_fields: raw string arrays [N]; queries [S];
+    positives: S sets of item ids. P_good is averaged over searches whose query has ground
+    truth; the filter pass share over all searches (a query without intents passes all)."""
+    import numpy as np
+
+    ids, brands, leafs, tops = (item_fields[k] for k in ("item_id", "brand", "leaf_cat", "top_cat"))
+    kmax = topk.shape[1]
+    ks = [k for k in ks if k <= kmax] or [kmax]
+    recall = {k: [] for k in ks}
+    good = {k: [] for k in ks}
+    passed = {k: [] for k in ks}
+    with_truth = with_intent = 0
+    for s, (row, query, pos) in enumerate(zip(topk, queries, positives)):
+        got = ids[row]
+        hit = np.fromiter((g in pos for g in got), bool, len(got))
+        for k in ks:
+            recall[k].append(hit[:k].sum() / len(pos))
+        if truth is not None:
+            q = truth.query(query)
+            if q is not None:
+                with_truth += 1
+                rel = np.fromiter((truth.relevant(q, ids[i], leafs[i], brands[i]) for i in row), bool, len(row))
+                for k in ks:
+                    good[k].append(rel[:k].mean())
+        if intents is not None:
+            intent = intents.match(query)
+            with_intent += not intent.empty
+            ok = np.fromiter((intent.passes(brands[i], leafs[i], tops[i]) for i in row), bool, len(row))
+            for k in ks:
+                passed[k].append(ok[:k].mean())
+
+    def mean(d):
+        return {str(k): (float(np.mean(v)) if v else None) for k, v in d.items()}
+
+    return {
+        "k": ks,
+        "recall": mean(recall),
+        "p_good": mean(good),
+        "filter_pass": mean(passed),
+        "searches": len(queries),
+        "searches_with_truth": with_truth,
+        "searches_with_intent": with_intent,
+        "items": int(len(ids)),
+        "positives_in_pool": float(np.mean([len(p & set(ids)) / len(p) for p in positives])) if positives else None,
+    }
+
+
+def format_table(metrics: dict) -> str:
+    def cell(v):
+        return "   -  " if v is None else f"{v:6.4f}"
+
+    lines = [f"{'K':>6}  {'Recall@K':>8}  {'P_good@K':>8}  {'filter pass':>11}"]
+    for k in metrics["k"]:
+        k = str(k)
+        lines.append(f"{k:>6}  {cell(metrics['recall'][k]):>8}  {cell(metrics['p_good'][k]):>8}  "
+                     f"{cell(metrics['filter_pass'][k]):>11}")
+    lines.append(f"{metrics['searches']} test searches ({metrics['searches_with_truth']} with ground truth, "
+                 f"{metrics['searches_with_intent']} with a brand/category intent), {metrics['items']} items in the pool")
+    return "\n".join(lines)
+
+
+def plot(metrics: dict, path: str, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = metrics["k"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label, style in (("recall", "Recall@K", "o-"), ("p_good", "P_good@K", "s-"),
+                              ("filter_pass", "filter pass share@K", "^--")):
+        ys = [metrics[key][str(k)] for k in ks]
+        if any(y is not None for y in ys):
+            ax.plot(ks, [float("nan") if y is None else y for y in ys], style, label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_xlabel("K (items retrieved)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "retrieval on the test window")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate(data_dir: str, model_dir: str, out_dir: str | None = None, truth_dir: str | None = None,
+             ks=DEFAULT_KS, checkpoint: str | None = None, batch_size: int = 256, quiet: bool = False) -> dict:
+    """Runs the evaluation; returns the metrics (and writes them when `out_dir` is given)."""
+    from features.intent import IntentMatcher
+
+    t0 = time.time()
+    model, config, path, step = restore(model_dir, data_dir, checkpoint)
+    item_emb, fields = embed_items(model, data_dir)
+    user_emb, queries, positives = embed_searches(model, data_dir, batch_size)
+    topk = top_k(user_emb, item_emb, max(ks), batch_size)
+    truth_dir = truth_dir or default_truth_dir(data_dir)
+    truth = Truth(truth_dir) if truth_dir else None
+    # Query understanding from the catalog itself: its names plus aliases mined from titles.
+    intents = IntentMatcher.from_catalog(
+        {"brand": b, "leaf_cat": l, "top_cat": t, "title_words": w}
+        for b, l, t, w in zip(fields["brand"], fields["leaf_cat"], fields["top_cat"], fields["title_words"])
+    )
+    metrics = retrieval_metrics(topk, fields, queries, positives, ks, truth, intents)
+    metrics.update({
+        "checkpoint": path,
+        "step": step,
+        "model": config.model,
+        "truth_dir": truth_dir,
+        "seconds": round(time.time() - t0, 2),
+    })
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2, ensure_ascii=False)
+        intents.save(os.path.join(out_dir, "intents.json"))  # the relevance control's dictionary
+        plot(metrics, os.path.join(out_dir, "metrics.png"), f"{os.path.basename(model_dir.rstrip('/'))} @ step {step}")
+    if not quiet:
+        print(format_table(metrics), flush=True)
+    return metrics
+
+
+def sidecar(data_dir: str, model_dir: str, config, poll_seconds: float = 5.0) -> int:
+    """The evaluator task of a TF_CONFIG cluster: evaluates every new checkpoint of the run
+    as it appears (metrics under MODEL_DIR/eval/step-N/, TensorBoard scalars under
+    logs/eval) and stops after the final one."""
+    import features  # noqa: F401
+    import tensorflow as tf
+
+    from model.train import CHECKPOINT_DIR, INFO_FILE
+
+    ckpt_dir = os.path.join(model_dir, CHECKPOINT_DIR)
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "eval"))
+    seen = set()
+    while True:
+        info_path = os.path.join(model_dir, INFO_FILE)
+        final = None
+        if os.path.exists(info_path):
+            with open(info_path, encoding="utf-8") as f:
+                info = json.load(f)
+            final = info.get("checkpoint") if info.get("complete") else None
+        latest = tf.train.latest_checkpoint(ckpt_dir)
+        if latest and latest not in seen:
+            seen.add(latest)
+            m = evaluate(data_dir, model_dir, None, checkpoint=latest, quiet=True)
+            step = m["step"] or 0
+            os.makedirs(os.path.join(model_dir, "eval", f"step-{step}"), exist_ok=True)
+            with open(os.path.join(model_dir, "eval", f"step-{step}", "metrics.json"), "w", encoding="utf-8") as f:
+                json.dump(m, f, indent=2, ensure_ascii=False)
+            with writer.as_default(step=step):
+                for key in ("recall", "p_good", "filter_pass"):
+                    for k, v in m[key].items():
+                        if v is not None:
+                            tf.summary.scalar(f"{key}@{k}", v)
+            writer.flush()
+            log.info("evaluated %s: recall %s", latest, m["recall"])
+        if final and os.path.abspath(final) in {os.path.abspath(s) for s in seen}:
+            return 0
+        time.sleep(poll_seconds)
+
+
+def main(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    if args.truth and not os.path.isdir(args.truth):
+        raise FileNotFoundError(f"--truth {args.truth} is not a directory")
+    evaluate(args.data, args.model_dir, args.out, args.truth, parse_ks(args.k), args.checkpoint, args.batch_size)
+    return 0

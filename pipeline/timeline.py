@@ -1,0 +1,357 @@
+"""One user's timeline -> the training examples of their searches (pure Python, no Beam).
+
+The preprocessing job groups every valid event by user, enriches it with the item's side
+information and hands the user's events here. For a search by user u at time t with query q:
+
+    real-time  rt: behaviours of the same session, newest first, at most MAX_REALTIME
+    short-term st: t - SHORT_TERM_DAYS days <= ts < t, not in rt, newest first, <= MAX_SHORT_TERM
+    long-term  lt: t - LONG_TERM_DAYS days <= ts < t, not in rt or st, newest first, <= MAX_LONG_TERM
+    his_queries:   the user's distinct earlier queries (ts < t), newest first, <= MAX_HIS_QUERIES
+
+Only behaviours strictly before t are used: anything at the same second as the search,
+including the search's own clicks, cannot leak into its features. "Not in rt" means not
+in the emitted (truncated) rt sequence, so a session longer than MAX_REALTIME spills its
+older behaviours into st, and an overfull st spills into lt. Nothing older than
+LONG_TERM_DAYS is used by any sequence, the real-time one included.
+"""
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+from datetime import date, datetime, timedelta, timezone
+from typing import Iterable, Iterator, NamedTuple
+
+from features.spec import (
+    BEHAVIOUR_SEQUENCES,
+    ITEM_FIELDS,
+    LONG_TERM_DAYS,
+    MAX_HIS_QUERIES,
+    MAX_HIS_QUERY_WORDS,
+    MAX_LONG_TERM,
+    MAX_REALTIME,
+    MAX_SHORT_TERM,
+    POSITIVE_ACTIONS,
+    SESSION_GAP_SECONDS,
+    SHORT_TERM_DAYS,
+)
+
+DAY = 86400
+# A user with more valid events than this (a crawler, a shared test account) keeps only the
+# newest ones: the window is at the end of the log, and one user must not exhaust a worker.
+DEFAULT_MAX_USER_EVENTS = 200_000
+
+
+class UserEvent(NamedTuple):
+    """One valid behaviour joined with its item's side information. `title_words` is
+    carried only by events that can be a positive (click/purchase under a query), since
+    only positives need the item tower's title features."""
+
+    ts: int
+    query: str
+    item_id: str
+    action: str
+    session_id: str
+    leaf_cat: str
+    top_cat: str
+    brand: str
+    shop: str
+    title_words: tuple = ()
+
+
+def sort_key(e: UserEvent) -> tuple:
+    """Time order with a deterministic tiebreak, so input order never changes the output."""
+    return (e.ts, e.query, e.item_id, e.action, e.session_id)
+
+
+def utc_date(ts: int) -> date:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).date()
+
+
+def day_start(d: date) -> int:
+    return int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp())
+
+
+@dataclass(frozen=True)
+class Window:
+    """The train/test window: `train_days` days before `test_date`, then `test_days`
+    days from it (UTC days). Day indices are 1-based, so with 7 + 1 the test day is 8."""
+
+    test_date: date
+    train_days: int = 7
+    test_days: int = 1
+
+    def __post_init__(self):
+        if self.train_days < 1 or self.test_days < 1:
+            raise ValueError(f"train_days and test_days must be >= 1, got {self.train_days}, {self.test_days}")
+
+    @cached_property
+    def start(self) -> int:
+        """First second of the first training day (epoch seconds, inclusive)."""
+        return day_start(self.test_date - timedelta(days=self.train_days))
+
+    @cached_property
+    def test_start(self) -> int:
+        return day_start(self.test_date)
+
+    @cached_property
+    def end(self) -> int:
+        """First second after the last test day (exclusive)."""
+        return day_start(self.test_date + timedelta(days=self.test_days))
+
+    def day_of(self, ts: int) -> int | None:
+        """1-based window day of `ts`, or None outside the window."""
+        if not self.start <= ts < self.end:
+            return None
+        return (ts - self.start) // DAY + 1
+
+    def split_of(self, ts: int) -> str | None:
+        """"train", "test" or None (outside the window)."""
+        if not self.start <= ts < self.end:
+            return None
+        return "train" if ts < self.test_start else "test"
+
+    def to_dict(self) -> dict:
+        first = self.test_date - timedelta(days=self.train_days)
+        return {
+            "test_date": self.test_date.isoformat(),
+            "train_days": self.train_days,
+            "test_days": self.test_days,
+            "train_first_day": first.isoformat(),
+            "train_last_day": (self.test_date - timedelta(days=1)).isoformat(),
+            "test_first_day": self.test_date.isoformat(),
+            "test_last_day": (self.test_date + timedelta(days=self.test_days - 1)).isoformat(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Window":
+        return cls(date.fromisoformat(d["test_date"]), int(d["train_days"]), int(d["test_days"]))
+
+
+def cap_events(events: Iterable[UserEvent], max_events: int) -> tuple[list[UserEvent], int]:
+    """The newest `max_events` events in time order, and how many older ones were cut.
+    Memory stays O(max_events) however many events the iterable yields."""
+    heap: list[tuple] = []
+    cut = 0
+    for e in events:
+        item = (sort_key(e), e)
+        if len(heap) < max_events:
+            heapq.heappush(heap, item)
+        else:
+            cut += 1
+            if item[0] > heap[0][0]:
+                heapq.heapreplace(heap, item)
+    return [e for _, e in sorted(heap, key=lambda x: x[0])], cut
+
+
+class Search(NamedTuple):
+    """(user, ts, query) with its positives: item_id -> (event, action), action being
+    "purchase" when the item was purchased under the search, else "click"."""
+
+    ts: int
+    query: str
+    session: str
+    positives: dict
+
+
+class Sequences(NamedTuple):
+    rt: list
+    st: list
+    lt: list
+
+
+class Timeline:
+    """A user's events in time order with session labels; answers point-in-time
+    questions about the behaviours and queries before a given second."""
+
+    def __init__(self, user_id: str, events: list[UserEvent]):
+        self.user_id = user_id
+        self.events = events  # sorted by sort_key
+        self.ts = [e.ts for e in events]
+        self.sessions = session_labels(events)
+        self.first_index: dict[str, int] = {}
+        for i, label in enumerate(self.sessions):
+            self.first_index.setdefault(label, i)
+        # Every distinct (ts, query) with a query, in time order: the user's query log.
+        self.query_log: list[tuple[int, str]] = []
+        for e in events:
+            if e.query and (not self.query_log or self.query_log[-1] != (e.ts, e.query)):
+                self.query_log.append((e.ts, e.query))
+        self.query_ts = [ts for ts, _ in self.query_log]
+
+    def searches(self) -> list[Search]:
+        """Every search (distinct ts, query with a non-empty query) in time order; a
+        search whose events were all cart/collect has no positives."""
+        out: dict[tuple[int, str], Search] = {}
+        for e, label in zip(self.events, self.sessions):
+            if not e.query:
+                continue
+            key = (e.ts, e.query)
+            search = out.get(key)
+            if search is None:
+                search = out[key] = Search(e.ts, e.query, label, {})
+            if e.action in POSITIVE_ACTIONS:
+                _, action = search.positives.get(e.item_id, (e, "click"))
+                search.positives[e.item_id] = (e, "purchase" if "purchase" in (action, e.action) else "click")
+        return list(out.values())
+
+    def sequences_at(self, t: int, session: str) -> Sequences:
+        """rt, st and lt behaviours strictly before `t` (lists of UserEvent, newest first)."""
+        rt: list[UserEvent] = []
+        st: list[UserEvent] = []
+        lt: list[UserEvent] = []
+        short_from = t - SHORT_TERM_DAYS * DAY
+        long_from = t - LONG_TERM_DAYS * DAY
+        session_from = self.first_index.get(session, len(self.events))
+        i = bisect.bisect_left(self.ts, t) - 1
+        while i >= 0:
+            e = self.events[i]
+            if e.ts < long_from:
+                break
+            if len(rt) < MAX_REALTIME and self.sessions[i] == session:
+                rt.append(e)
+            elif e.ts >= short_from and len(st) < MAX_SHORT_TERM:
+                st.append(e)
+            elif len(lt) < MAX_LONG_TERM:
+                lt.append(e)
+            elif len(rt) == MAX_REALTIME or i <= session_from:
+                break  # st and lt are full and no older behaviour of the session is left
+            i -= 1
+        return Sequences(rt, st, lt)
+
+    def his_queries(self, t: int, words_of) -> list[str]:
+        """Distinct earlier queries (ts < t), newest first, each its first
+        MAX_HIS_QUERY_WORDS words joined by ' '; queries without words are left out."""
+        out: list[str] = []
+        seen: set[str] = set()
+        i = bisect.bisect_left(self.query_ts, t) - 1
+        while i >= 0 and len(out) < MAX_HIS_QUERIES:
+            text = " ".join(words_of(self.query_log[i][1])[:MAX_HIS_QUERY_WORDS])
+            if text and text not in seen:
+                seen.add(text)
+                out.append(text)
+            i -= 1
+        return out
+
+
+def session_labels(events: list[UserEvent]) -> list[str]:
+    """A session label per event: its `session_id` when given, else a gap session that
+    starts whenever SESSION_GAP_SECONDS or more passed since the user's previous event."""
+    labels = []
+    gap_session = 0
+    prev_ts = None
+    for e in events:
+        if prev_ts is not None and e.ts - prev_ts >= SESSION_GAP_SECONDS:
+            gap_session += 1
+        prev_ts = e.ts
+        labels.append(f"id:{e.session_id}" if e.session_id else f"gap:{gap_session}")
+    return labels
+
+
+# Column of each ITEM_FIELDS entry in a UserEvent tuple.
+_FIELD_COLUMNS = tuple(UserEvent._fields.index(f) for f in ITEM_FIELDS)
+
+
+def sequence_features(seqs: Sequences) -> dict:
+    """rt_/st_/lt_ item_id, leaf_cat, top_cat, brand, shop lists (newest first)."""
+    out = {}
+    for prefix, seq in zip(BEHAVIOUR_SEQUENCES, seqs):
+        columns = list(zip(*seq)) if seq else None
+        for field, col in zip(ITEM_FIELDS, _FIELD_COLUMNS):
+            out[f"{prefix}_{field}"] = columns[col] if columns else ()
+    return out
+
+
+def user_searches(
+    user_id: str,
+    events: Iterable[UserEvent],
+    window: Window,
+    tokenizer,
+    counts: Counter,
+    *,
+    max_events: int = DEFAULT_MAX_USER_EVENTS,
+    vocab_counts: dict[str, Counter] | None = None,
+    item_freq: Counter | None = None,
+) -> Iterator[tuple[str, dict, list[dict]]]:
+    """Yields (split, search features, [positive item features]) for every search of the
+    user inside the window that has a positive: split is "train" or "test", the search
+    features (query, history, behaviour sequences, meta) are shared by all its examples,
+    and each positive adds item_id, title_words, leaf_cat, top_cat, brand, shop and action.
+    Positives are in item_id order.
+
+    Tallies into `counts`: users, users_capped, events_over_user_cap, searches,
+    searches_train, searches_test, positives, examples_train, examples_test,
+    search_without_positive, positive_outside_window, positive_query_without_tokens.
+    `vocab_counts["word" | "char" | "bigram"][token]` counts the query tokens of searches
+    before the test window (test-time text never shapes a vocabulary);
+    `item_freq[item_id]` counts training examples per positive item.
+    """
+    kept, cut = cap_events(events, max_events)
+    counts["users"] += 1
+    if cut:
+        counts["users_capped"] += 1
+        counts["events_over_user_cap"] += cut
+    timeline = Timeline(user_id, kept)
+    test_start = window.test_start
+    for search in timeline.searches():
+        counts["searches"] += 1
+        split = window.split_of(search.ts)
+        tokens = tokenizer.tokenize(search.query)
+        if vocab_counts is not None and search.ts < test_start:
+            vocab_counts["word"].update(tokens.words)
+            vocab_counts["char"].update(tokens.chars)
+            vocab_counts["bigram"].update(tokens.bigrams)
+        if not search.positives:
+            counts["search_without_positive"] += 1
+            continue
+        n = len(search.positives)
+        counts["positives"] += n
+        if split is None:
+            counts["positive_outside_window"] += n
+            continue
+        if not tokens.chars:  # the query was all punctuation: nothing for the user tower to read
+            counts["positive_query_without_tokens"] += n
+            continue
+        counts[f"searches_{split}"] += 1
+        counts[f"examples_{split}"] += n
+        shared = {
+            "query_chars": tokens.chars,
+            "query_bigrams": tokens.bigrams,
+            "query_words": tokens.words,
+            "his_queries": timeline.his_queries(search.ts, tokenizer.words),
+            **sequence_features(timeline.sequences_at(search.ts, search.session)),
+            "search_id": f"{user_id}|{search.ts}|{search.query}",
+            "user_id": user_id,
+            "query": search.query,
+            "ts": search.ts,
+            "day": window.day_of(search.ts),
+        }
+        positives = []
+        for item_id in sorted(search.positives):
+            e, action = search.positives[item_id]
+            positives.append(
+                {
+                    "item_id": e.item_id,
+                    "title_words": e.title_words,
+                    "leaf_cat": e.leaf_cat,
+                    "top_cat": e.top_cat,
+                    "brand": e.brand,
+                    "shop": e.shop,
+                    "action": action,
+                }
+            )
+            if item_freq is not None and split == "train":
+                item_freq[item_id] += 1
+        yield split, shared, positives
+
+
+def user_examples(user_id: str, events: Iterable[UserEvent], window: Window, tokenizer, counts: Counter,
+                  **kwargs) -> Iterator[tuple[str, dict]]:
+    """Yields ("train" | "test", example) for every positive of every search of the user
+    inside the window: one example per (search, positive item), features named as in
+    `features.spec`. Arguments and tallies as in `user_searches`."""
+    for split, shared, positives in user_searches(user_id, events, window, tokenizer, counts, **kwargs):
+        for positive in positives:
+            yield split, {**shared, **positive}

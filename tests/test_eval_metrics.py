@@ -1,0 +1,74 @@
+"""The paper's metrics on hand-checkable inputs: exact top-K, Recall@K, P_good@K, filter pass."""
+import json
+
+import numpy as np
+import pytest
+
+from features.intent import IntentMatcher
+from model.evaluate import Truth, default_truth_dir, format_table, parse_ks, retrieval_metrics, top_k
+
+
+def test_top_k_is_exact_and_batched():
+    rng = np.random.default_rng(0)
+    users, items = rng.normal(size=(37, 8)).astype(np.float32), rng.normal(size=(500, 8)).astype(np.float32)
+    got = top_k(users, items, 20, batch_size=16)
+    want = np.argsort(-(users @ items.T), axis=1)[:, :20]
+    assert got.shape == (37, 20)
+    np.testing.assert_array_equal(got, want)
+    assert top_k(users, items, 10_000).shape == (37, 500)  # K capped at the pool
+
+
+@pytest.fixture
+def world(tmp_path):
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    with open(truth / "queries.jsonl", "w", encoding="utf-8") as f:
+        for q in [
+            {"query": "耐克 跑步鞋", "leaf_category": "跑步鞋", "top_category": "运动鞋", "brand": "耐克"},
+            {"query": "连衣裙", "leaf_category": "连衣裙", "top_category": "女装", "brand": ""},
+        ]:
+            f.write(json.dumps(q, ensure_ascii=False) + "\n")
+    (truth / "items.jsonl").write_text("", encoding="utf-8")
+    fields = {
+        "item_id": np.array(["a", "b", "c", "d"], dtype=object),
+        "brand": np.array(["耐克", "阿迪达斯", "", "耐克"], dtype=object),
+        "leaf_cat": np.array(["跑步鞋", "跑步鞋", "连衣裙", "T恤"], dtype=object),
+        "top_cat": np.array(["运动鞋", "运动鞋", "女装", "女装"], dtype=object),
+    }
+    return Truth(str(truth)), fields
+
+
+def test_recall_p_good_and_filter_pass(world):
+    truth, fields = world
+    intents = IntentMatcher(fields["brand"], fields["leaf_cat"], fields["top_cat"])
+    topk = np.array([[1, 0, 3, 2], [2, 0, 1, 3]])  # item indices, best first
+    queries = ["耐克 跑步鞋", "连衣裙"]
+    positives = [{"a", "zz"}, {"c"}]  # "zz" is not in the pool: it can never be found
+    m = retrieval_metrics(topk, fields, queries, positives, (1, 2, 4), truth, intents)
+    # search 0 finds a at rank 2 (1 of 2 positives); search 1 finds c at rank 1
+    assert m["recall"] == {"1": pytest.approx(0.5), "2": pytest.approx(0.75), "4": pytest.approx(0.75)}
+    # relevant: search 0 -> only a (nike running shoe); search 1 -> only c (a dress)
+    assert m["p_good"]["1"] == pytest.approx((0 + 1) / 2)
+    assert m["p_good"]["2"] == pytest.approx((0.5 + 0.5) / 2)
+    assert m["p_good"]["4"] == pytest.approx((0.25 + 0.25) / 2)
+    # filter: query 0 names brand 耐克 + leaf 跑步鞋 -> only a passes; query 1 names leaf 连衣裙 -> only c
+    assert m["filter_pass"]["2"] == pytest.approx((0.5 + 0.5) / 2)
+    assert m["searches"] == 2 and m["searches_with_truth"] == 2 and m["searches_with_intent"] == 2
+    assert m["positives_in_pool"] == pytest.approx(0.75)
+    assert "Recall@K" in format_table(m)
+
+
+def test_cutoffs_and_truth_dir(tmp_path):
+    assert parse_ks("1000,50,200") == (50, 200, 1000)
+    with pytest.raises(ValueError, match="--k"):
+        parse_ks("50,x")
+    (tmp_path / "small" / "raw" / "truth").mkdir(parents=True)
+    (tmp_path / "small" / "processed").mkdir()
+    assert default_truth_dir(str(tmp_path / "small" / "processed")) == str(tmp_path / "small" / "raw" / "truth")
+    assert default_truth_dir(str(tmp_path)) is None
+
+
+def test_bad_truth_file_names_the_line(tmp_path):
+    (tmp_path / "queries.jsonl").write_text('{"query": "x", "leaf_category": "y"}\n{oops\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"queries.jsonl:2"):
+        Truth(str(tmp_path))

@@ -1,0 +1,81 @@
+"""MGDSPRConfig: paper defaults, validation with clear errors, JSON files and overrides."""
+import json
+
+import pytest
+
+from model.config import ABLATIONS, MGDSPRConfig, load_config, make_optimizer, parse_overrides
+
+
+def test_defaults_are_the_papers_values():
+    c = MGDSPRConfig()
+    assert (c.embedding_dim, c.temperature, c.batch_size) == (128, 2.0, 256)
+    assert (c.optimizer, c.learning_rate, c.clip_norm) == ("adagrad", 0.1, 3.0)
+    assert (c.hard_negatives, c.mix_a, c.mix_b, c.num_heads, c.dropout) == (684, 0.4, 0.6, 8, 0.2)
+    assert c.use_mgs and c.use_trm and c.use_mix and c.log_q_correction
+    assert (c.loss, c.model) == ("softmax", "mgdspr")
+    # The paper's N = 684 hard negatives must fit in the sampled pool of one query.
+    assert c.batch_size - 1 + c.num_random_negatives >= c.hard_negatives
+
+
+def test_hard_negatives_larger_than_the_pool_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"hard_negatives \(684\) exceeds.* = 255\); raise num_random_negatives to at least 429"):
+        MGDSPRConfig(num_random_negatives=0)
+    # Without I_mix the pool size does not matter.
+    MGDSPRConfig(num_random_negatives=0, use_mix=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"embedding_dim": 100, "num_heads": 8}, "multiple of num_heads"),
+        ({"mix_a": 0.7, "mix_b": 0.6}, "mix_a < mix_b"),
+        ({"loss": "triplet"}, "loss must be"),
+        ({"model": "dssm"}, "model must be"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"batch_size": 1}, "batch_size"),
+    ],
+)
+def test_invalid_values_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MGDSPRConfig(**kwargs)
+
+
+def test_json_round_trip_and_file_plus_overrides(tmp_path):
+    c = MGDSPRConfig(embedding_dim=32, num_heads=4, mlp_hidden_units=(64, 32))
+    assert MGDSPRConfig.from_json(c.to_json()) == c
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"embedding_dim": 32, "num_heads": 4, "temperature": 1.5}))
+    got = load_config(str(path), ["temperature=1", "use_mix=false", "mlp_hidden_units=16,8", "loss=hinge"])
+    assert got.embedding_dim == 32 and got.temperature == 1.0 and got.use_mix is False
+    assert got.mlp_hidden_units == (16, 8) and got.loss == "hinge"
+    assert isinstance(got.temperature, float)
+
+
+def test_unknown_keys_and_bad_overrides_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown MGDSPRConfig key.*'temprature'"):
+        load_config(None, ["temprature=1"])
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"embeding_dim": 8}))
+    with pytest.raises(ValueError, match="embeding_dim"):
+        load_config(str(path))
+    with pytest.raises(ValueError, match="use_mix=.*maybe"):
+        parse_overrides(["use_mix=maybe"])
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["temperature"])
+
+
+def test_ablation_presets_build_valid_configs():
+    assert set(ABLATIONS) == {"mgdspr", "no_mgs", "no_trm", "tau1", "no_mix", "hinge", "mlp"}
+    configs = {name: MGDSPRConfig(**values) for name, values in ABLATIONS.items()}
+    assert configs["no_mgs"].use_mgs is False and configs["no_trm"].use_trm is False
+    assert configs["tau1"].temperature == 1.0 and configs["no_mix"].use_mix is False
+    assert configs["hinge"].loss == "hinge" and configs["mlp"].model == "mlp"
+    assert configs["mgdspr"] == MGDSPRConfig()
+
+
+def test_make_optimizer_is_adagrad_at_the_papers_rate():
+    opt = make_optimizer(MGDSPRConfig())
+    assert type(opt).__name__ == "Adagrad"
+    assert float(opt.learning_rate) == pytest.approx(0.1)
+    assert opt.global_clipnorm == pytest.approx(3.0)
+    assert make_optimizer(MGDSPRConfig(clip_norm=0)).global_clipnorm is None

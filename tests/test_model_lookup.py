@@ -1,0 +1,92 @@
+"""Lookup: strings -> ids in-graph, the id layout of features.vocab, SavedModel-ready."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from features.io import write_lines
+from features.spec import MAX_HIS_QUERIES, MAX_HIS_QUERY_WORDS
+from features.vocab import VOCABS, vocab_path
+from model.lookup import Lookup
+
+WORDS = ["连衣裙", "红色", "阿迪达斯", "跑步鞋"]
+
+
+@pytest.fixture(scope="module")
+def vocab_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("vocab"))
+    tokens = {name: [f"{name}_{i}" for i in range(3)] for name in VOCABS}
+    tokens["word"] = WORDS
+    tokens["brand"] = []  # a vocabulary can be empty: everything is then an OOV bucket
+    for name, toks in tokens.items():
+        write_lines(vocab_path(d, name), toks)
+    return d
+
+
+def test_ids_follow_the_vocab_layout(vocab_dir):
+    lookup = Lookup(vocab_dir)
+    n, k = len(WORDS), VOCABS["word"].oov_buckets
+    assert lookup.table_sizes["word"] == 1 + n + k
+    assert lookup.table_sizes["brand"] == 1 + VOCABS["brand"].oov_buckets
+    out = lookup({"query_words": tf.constant([["红色", "连衣裙", "没见过", ""]])})
+    ids = out["query_words"].numpy()[0]
+    assert ids.dtype == np.int64
+    assert ids[0] == 2 and ids[1] == 1 and ids[3] == 0  # file order from 1; "" is the mask
+    assert n + 1 <= ids[2] <= n + k  # unseen: a hashed OOV bucket after the tokens
+    # The same unseen token always lands in the same bucket.
+    again = lookup({"title_words": tf.constant([["没见过"]])})["title_words"].numpy()[0, 0]
+    assert again == ids[2]
+    brand = lookup({"brand": tf.constant(["耐克", ""])})["brand"].numpy()
+    assert 1 <= brand[0] <= VOCABS["brand"].oov_buckets and brand[1] == 0
+
+
+def test_sampled_items_meta_and_ids_pass(vocab_dir):
+    lookup = Lookup(vocab_dir)
+    feats = {
+        "neg_item_id": tf.constant(["item_id_2", "item_id_0"]),
+        "neg_title_words": tf.constant([["跑步鞋", ""], ["", ""]]),
+        "rt_shop": tf.constant([["shop_1", "shop_9", ""]]),
+        "query": tf.constant(["红色 连衣裙"]),  # no vocabulary: unchanged
+        "ts": tf.constant([5], tf.int64),
+        "item_id": tf.constant([7], tf.int64),  # already ids: unchanged
+    }
+    out = lookup(feats)
+    assert out["neg_item_id"].numpy().tolist() == [3, 1]
+    assert out["neg_title_words"].numpy().tolist() == [[4, 0], [0, 0]]
+    rt = out["rt_shop"].numpy()[0]
+    assert rt[0] == 2 and rt[1] > 3 and rt[2] == 0
+    assert out["query"].dtype == tf.string and out["ts"] is feats["ts"] and out["item_id"] is feats["item_id"]
+
+
+def test_historical_queries_split_into_word_ids(vocab_dir):
+    lookup = Lookup(vocab_dir)
+    many = " ".join(["红色"] * (MAX_HIS_QUERY_WORDS + 3))
+    his = [["阿迪达斯 跑步鞋", " 红色  连衣裙 ", many] + [""] * (MAX_HIS_QUERIES - 3)]
+    ids = lookup({"his_queries": tf.constant(his)})["his_queries"].numpy()
+    assert ids.shape == (1, MAX_HIS_QUERIES, MAX_HIS_QUERY_WORDS)
+    assert ids[0, 0].tolist() == [3, 4] + [0] * (MAX_HIS_QUERY_WORDS - 2)
+    assert ids[0, 1].tolist() == [2, 1] + [0] * (MAX_HIS_QUERY_WORDS - 2)  # stray spaces make no words
+    assert ids[0, 2].tolist() == [2] * MAX_HIS_QUERY_WORDS  # longer queries are cut
+    assert not ids[0, 3:].any()
+
+
+def test_missing_vocab_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Lookup(str(tmp_path))
+
+
+def test_lookup_survives_a_savedmodel_round_trip(vocab_dir, tmp_path):
+    module = tf.Module()
+    module.lookup = Lookup(vocab_dir)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string)])
+    def words(x):
+        return module.lookup({"query_words": x})["query_words"]
+
+    module.words = words
+    path = str(tmp_path / "saved")
+    tf.saved_model.save(module, path)
+    loaded = tf.saved_model.load(path)
+    x = tf.constant([["阿迪达斯", "未知词", ""]])
+    np.testing.assert_array_equal(loaded.words(x).numpy(), words(x).numpy())
+    # The vocabulary travelled as an asset of the SavedModel.
+    assert tf.io.gfile.glob(f"{path}/assets/word.txt")

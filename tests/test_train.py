@@ -1,0 +1,293 @@
+"""`ebr train` end to end on the tiny synthetic world: the input pipeline, every cluster
+kind (single, in-process PS, TF_CONFIG processes, horovod), checkpoints that survive a
+SIGKILL, and `ebr eval` on a model trained on parameter servers."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# Tiny model: the tests check the machinery, not the quality.
+SMALL = ["embedding_dim=16", "num_heads=2", "transformer_ff_dim=32", "batch_size=32",
+         "num_random_negatives=32", "hard_negatives=16"]
+BIN = Path(sys.executable).parent
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def ebr(*args, timeout=300, check=True, env=None) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "ebr", *map(str, args)], capture_output=True, text=True,
+                         timeout=timeout, env=env or _env())
+    if check and out.returncode != 0:
+        raise AssertionError(f"ebr {' '.join(map(str, args))} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}")
+    return out
+
+
+def train_args(data, model_dir, cluster, steps, *extra):
+    return ["train", "--data", data, "--model-dir", model_dir, "--cluster", cluster, "--steps", steps,
+            "--no-progress", *extra, "--set", *SMALL]
+
+
+def read_json(path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """(raw dir, processed dir) of the tiny world, generated and preprocessed once."""
+    from ebr.demo import prepare_data
+
+    raw, processed, _ = prepare_data(str(tmp_path_factory.getbasetemp() / "worlds"), "tiny", 7)
+    return raw, processed
+
+
+@pytest.fixture(scope="module")
+def ps_run(tiny_world, tmp_path_factory):
+    """A model trained on the in-process cluster (2 workers, 2 ps)."""
+    model_dir = tmp_path_factory.mktemp("ps_run")
+    ebr(*train_args(tiny_world[1], model_dir, "local-ps", 60, "--checkpoint-steps", 30, "--min-shard-bytes", 256))
+    return model_dir
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def test_input_pipeline_batches(tiny_world):
+    import numpy as np
+    import tensorflow as tf
+
+    from features.spec import ITEM_FEATURE_NAMES, SAMPLED_ITEM_PREFIX, USER_FEATURE_NAMES
+    from model.config import load_config
+    from model.data import LOG_Q, make_dataset
+    from model.lookup import Lookup
+
+    data = tiny_world[1]
+    config = load_config(None, SMALL)
+    sizes = Lookup(f"{data}/vocab").table_sizes
+    batch = next(iter(make_dataset(data, config)))
+    b, n = config.batch_size, config.num_random_negatives
+    for name in USER_FEATURE_NAMES + ITEM_FEATURE_NAMES:
+        assert batch[name].dtype == tf.int64 and batch[name].shape[0] == b, name
+    for name in ITEM_FEATURE_NAMES:
+        assert batch[SAMPLED_ITEM_PREFIX + name].shape[0] == n, name
+    assert batch["his_queries"].shape == (b, 10, 8)
+    ids = batch["item_id"].numpy()
+    assert (ids > 0).all() and (ids < sizes["item_id"]).all()  # real items, not padding or OOV
+    log_q = batch[LOG_Q].numpy()
+    assert log_q.shape == (b,) and np.isfinite(log_q).all() and (log_q < 0).all()
+
+
+def test_input_pipelines_shard_the_examples(tiny_world):
+    """Two workers' pipelines see disjoint halves that together are the whole training set."""
+    import tensorflow as tf
+
+    from model.config import load_config
+    from model.data import make_dataset
+
+    config = load_config(None, SMALL + ["num_random_negatives=0"])
+
+    def keys(ctx):
+        ds = make_dataset(tiny_world[1], config, ctx, batch_size=1, repeat=False, shuffle=False, with_log_q=False)
+        return [tuple(int(x) for x in tf.concat([e["item_id"], e["query_words"][0], e["rt_item_id"][0]], 0))
+                for e in ds]
+
+    all_ = keys(None)
+    parts = [keys(tf.distribute.InputContext(2, i, 1)) for i in range(2)]
+    assert sorted(parts[0] + parts[1]) == sorted(all_)
+    assert len(parts[0]) > 0 and len(parts[1]) > 0
+
+
+def test_single_process_training(tiny_world, tmp_path):
+    out = ebr(*train_args(tiny_world[1], tmp_path, "single", 90, "--checkpoint-steps", 30))
+    info = read_json(tmp_path / "train_info.json")
+    assert info["steps"] == 90 and info["initial_step"] == 0 and info["complete"]
+    assert read_json(tmp_path / "config.json")["embedding_dim"] == 16
+    assert Path(info["checkpoint"] + ".index").exists()
+    assert info["vocab_dir"] == os.path.abspath(f"{tiny_world[1]}/vocab")
+    assert info["losses"][-1] < info["losses"][0]  # it learns
+    assert list((tmp_path / "logs").rglob("events.out.tfevents*"))  # TensorBoard
+    assert "trained to step 90" in out.stdout
+    # A finished run is not redone; another config in the same dir is refused.
+    again = ebr(*train_args(tiny_world[1], tmp_path, "single", 90, "--checkpoint-steps", 30))
+    assert "already trained" in again.stdout
+    bad = ebr(*train_args(tiny_world[1], tmp_path, "single", 90), "temperature=1", check=False)
+    assert bad.returncode == 2 and "different config" in bad.stderr
+
+
+def test_epochs_size_the_run(tiny_world, tmp_path):
+    from model.train import plan_steps
+
+    assert plan_steps(300, 100) == (3, 100)
+    assert plan_steps(301, 100) == (4, 76)  # equal rounds, at most rounds - 1 steps more
+    with pytest.raises(ValueError, match="--steps"):
+        plan_steps(0, 10)
+    examples = read_json(f"{tiny_world[1]}/stats.json")["examples_train"]
+    ebr("train", "--data", tiny_world[1], "--model-dir", tmp_path, "--cluster", "single", "--epochs", 2,
+        "--checkpoint-steps", 1000, "--no-progress", "--set", *SMALL)
+    assert read_json(tmp_path / "train_info.json")["steps"] == -(-2 * examples // 32)
+
+
+def test_local_ps_cluster_shards_embeddings(ps_run):
+    info = read_json(ps_run / "train_info.json")
+    assert info["cluster"] == "local-ps" and info["steps"] == 60
+    placement = read_json(ps_run / "placement.json")
+    # Every embedding table is split across both parameter servers ...
+    tables = {k: v for k, v in placement.items() if "embeddings" in k}
+    assert tables
+    for name, devices in tables.items():
+        assert len(devices) == 2, name
+        assert {d.split("/device")[0] for d in devices} == {"/job:ps/replica:0/task:0", "/job:ps/replica:0/task:1"}
+    # ... and nothing lives on the coordinator or the workers.
+    assert all("/job:ps/" in d for devices in placement.values() for d in devices)
+
+
+def test_eval_on_a_model_trained_on_parameter_servers(ps_run, tiny_world, tmp_path):
+    """The sharded checkpoint restores into one process; the metrics are sane and written."""
+    ebr("eval", "--data", tiny_world[1], "--model-dir", ps_run, "--out", tmp_path, "--k", "10,50,200")
+    m = read_json(tmp_path / "metrics.json")
+    assert m["truth_dir"] == os.path.join(tiny_world[0], "truth")
+    assert m["k"] == [10, 50, 200] and m["step"] == 60
+    r = [m["recall"][k] for k in ("10", "50", "200")]
+    assert 0 <= r[0] <= r[1] <= r[2] <= 1
+    assert m["searches"] > 0 and m["searches_with_truth"] == m["searches"]
+    for key in ("p_good", "filter_pass"):
+        assert all(0 <= m[key][k] <= 1 for k in ("10", "50", "200"))
+    assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_killed_run_resumes_from_its_last_backup(tiny_world, tmp_path):
+    """SIGKILL a real training process mid-run; the same command continues, not from 0."""
+    args = [sys.executable, "-m", "ebr", *map(str, train_args(tiny_world[1], tmp_path, "single", 240,
+                                                             "--checkpoint-steps", 40))]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    try:
+        deadline = time.time() + 240
+        while not (tmp_path / "checkpoints" / "ckpt-80.index").exists():
+            assert proc.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline, "no checkpoint at step 80 in time"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not (tmp_path / "train_info.json").exists()
+    out = ebr(*train_args(tiny_world[1], tmp_path, "single", 240, "--checkpoint-steps", 40))
+    info = read_json(tmp_path / "train_info.json")
+    assert 80 <= info["initial_step"] < 240 and info["initial_step"] % 40 == 0
+    assert f"resumed from step {info['initial_step']}" in out.stdout
+    assert info["steps"] == 240 and info["steps_this_run"] == 240 - info["initial_step"]
+
+
+def _tf_config_run(data, tmp_path, steps, evaluator=False):
+    """Runs chief + 2 workers + 2 ps (+ an evaluator), each its own OS process with its
+    own TF_CONFIG; returns the model dir after the chief finished."""
+    from model.cluster import local_cluster_spec
+
+    cluster = local_cluster_spec(num_workers=2, num_ps=2, chief=True)
+    model_dir = tmp_path / "run"
+    tasks = [(job, i, {"cluster": cluster, "task": {"type": job, "index": i}})
+             for job in ("ps", "worker") for i in range(len(cluster[job]))]
+    if evaluator:  # a sidecar: needs no place in the training cluster
+        tasks.append(("evaluator", 0, {"cluster": {"evaluator": ["localhost:0"]}, "task": {"type": "evaluator", "index": 0}}))
+    procs, logs = {}, []
+    try:
+        for job, i, conf in tasks:
+            log = open(tmp_path / f"{job}{i}.log", "w")
+            logs.append(log)
+            procs[f"{job}{i}"] = subprocess.Popen(
+                [sys.executable, "-m", "ebr", *map(str, train_args(data, model_dir, "tf-config", steps))],
+                stdout=log, stderr=subprocess.STDOUT, env=_env(TF_CONFIG=json.dumps(conf)))
+        chief = {"cluster": cluster, "task": {"type": "chief", "index": 0}}
+        ebr(*train_args(data, model_dir, "tf-config", steps, "--checkpoint-steps", steps // 2, "--min-shard-bytes", 256),
+            timeout=420, env=_env(TF_CONFIG=json.dumps(chief)))
+        for name, p in procs.items():
+            if name.startswith(("ps", "worker")):
+                assert p.poll() is None, f"{name} died during training"
+        if evaluator:
+            assert procs["evaluator0"].wait(timeout=300) == 0, "the evaluator failed"
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+        for log in logs:
+            log.close()
+    return model_dir
+
+
+def test_tf_config_cluster_of_processes(tiny_world, tmp_path):
+    """chief + 2 workers + 2 ps, each its own OS process with its own TF_CONFIG."""
+    model_dir = _tf_config_run(tiny_world[1], tmp_path, 200)
+    info = read_json(model_dir / "train_info.json")
+    assert info["cluster"] == "tf-config" and info["steps"] == 200
+    assert Path(info["checkpoint"] + ".index").exists()
+    # The ps processes held the embedding shards: every table has one part on each ps.
+    placement = read_json(model_dir / "placement.json")
+    table = next(v for k, v in placement.items() if "item_id_embedding/embeddings" in k)
+    assert sorted(d.split("/device")[0] for d in table) == ["/job:ps/replica:0/task:0", "/job:ps/replica:0/task:1"]
+    # Each ps process reported serving, and the checkpoint holds the full item table.
+    for i in range(2):
+        assert f"ps:{i} serving at" in (tmp_path / f"ps{i}.log").read_text()
+    import tensorflow as tf
+
+    shapes = dict(tf.train.list_variables(info["checkpoint"]))
+    assert [info["table_sizes"]["item_id"], 16] in shapes.values()
+
+
+@pytest.mark.slow
+def test_tf_config_evaluator_sidecar(tiny_world, tmp_path):
+    """An evaluator task evaluates every checkpoint the chief writes, then stops."""
+    model_dir = _tf_config_run(tiny_world[1], tmp_path, 100, evaluator=True)
+    steps = sorted(int(p.name.split("-")[1]) for p in (model_dir / "eval").iterdir())
+    assert steps[-1] == 100
+    m = read_json(model_dir / "eval" / "step-100" / "metrics.json")
+    assert 0 < m["recall"]["200"] <= 1
+    assert list((model_dir / "logs" / "eval").glob("events.out.tfevents*"))
+
+
+def test_tf_config_errors_are_clear(tiny_world, tmp_path, monkeypatch, capsys):
+    from ebr.cli import main
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert main(train_args(tiny_world[1], tmp_path, "tf-config", 10)) == 2
+    assert "TF_CONFIG" in capsys.readouterr().err
+    bad = {"cluster": {"worker": ["localhost:1"]}, "task": {"type": "chief", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(bad))
+    assert main(train_args(tiny_world[1], tmp_path, "tf-config", 10)) == 2
+    assert "'chief'" in capsys.readouterr().err
+
+
+def _horovod_installed() -> bool:
+    try:
+        import horovod.tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return (BIN / "horovodrun").exists()
+
+
+@pytest.mark.skipif(not _horovod_installed(), reason="horovod is not installed; `make horovod` builds it")
+def test_horovod_ranks_end_identical(tiny_world, tmp_path):
+    cmd = [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo",
+           str(BIN / "ebr"), *map(str, train_args(tiny_world[1], tmp_path, "horovod", 60, "--checkpoint-steps", 30))]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    digests = [read_json(tmp_path / f"digest-rank{r}.json") for r in range(2)]
+    assert digests[0]["steps"] == digests[1]["steps"] == 60
+    assert digests[0]["weights_sha256"] == digests[1]["weights_sha256"]
+    info = read_json(tmp_path / "train_info.json")  # rank 0 only
+    assert info["ranks"] == 2 and info["examples_per_step"] == 64
+    assert info["weights_sha256"] == digests[0]["weights_sha256"]
