@@ -38,7 +38,12 @@ def machine() -> dict:
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(), "load_avg_1m": round(load[0], 2)}
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "load_avg_1m": round(load[0], 2),
+    }
 
 
 def _cpu_seconds() -> float:

@@ -20,6 +20,7 @@ Output layout (OUT):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -259,7 +260,10 @@ def run(
     p.run().wait_until_finish()
     seconds = time.perf_counter() - start
     stats = assemble_stats(out_dir, inputs=inputs, seconds=seconds)
-    fio.write_text(fio.join(out_dir, "stats.json"), json.dumps(stats, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    if not all(stats["reconcile"].values()):
+        logging.getLogger(__name__).warning("preprocess: counts do not reconcile: %s", stats["reconcile"])
+    text = json.dumps(stats, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    fio.write_text(fio.join(out_dir, "stats.json"), text)
     _remove_work_dir(out_dir)
     if not quiet:
         print_summary(stats, out_dir)
@@ -323,7 +327,12 @@ def assemble_stats(out_dir: str, *, inputs: dict | None = None, seconds: float |
     return stats
 
 
+def _listing(counts: dict) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in counts.items() if v) or "none"
+
+
 def print_summary(stats: dict, out_dir: str, file=None) -> None:
+    """A few lines: inputs, window, examples, what was skipped or dead-lettered, vocabularies."""
     file = file or sys.stdout
     w = stats.get("window") or {}
     dead = sum(stats["dead_letter"].values())
@@ -336,9 +345,9 @@ def print_summary(stats: dict, out_dir: str, file=None) -> None:
         f"test {w.get('test_first_day')} .. {w.get('test_last_day')}",
         f"  examples train {stats['examples_train']:,}  test {stats['examples_test']:,}  "
         f"(positives {stats['positives']:,})",
-        "  skipped " + ", ".join(f"{k} {v:,}" for k, v in stats["skipped"].items() if v) if any(stats["skipped"].values()) else "  skipped none",
-        f"  dead letters {dead:,}" + (" (" + ", ".join(f"{k} {v:,}" for k, v in stats["dead_letter"].items()) + ")" if dead else ""),
-        "  vocab " + ", ".join(f"{k} {v:,}" for k, v in stats["vocab"].items()),
+        f"  skipped {_listing(stats['skipped'])}",
+        f"  dead letters {dead:,}" + (f" ({_listing(stats['dead_letter'])})" if dead else ""),
+        f"  vocab {_listing(stats['vocab'])}",
     ]
     if not all(stats["reconcile"].values()):
         lines.append(f"  WARNING: counts do not reconcile: {stats['reconcile']}")

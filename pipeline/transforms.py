@@ -48,7 +48,9 @@ READ_BUNDLE_BYTES = 16 << 20
 # `dataclasses.astuple` deep-copies every field and cost 5 us a record.
 _AS_TUPLE = {cls: attrgetter(*(f.name for f in dataclasses.fields(cls))) for cls in (contract.Item, contract.Event)}
 _EVENT_ORDER = ("user_id", "ts", "item_id", "action", "query", "session_id")
-_ENRICHED_ORDER = ("ts", "query", "item_id", "action", "session_id", "leaf_cat", "top_cat", "brand", "shop", "title_words")
+_ENRICHED_ORDER = (
+    "ts", "query", "item_id", "action", "session_id", "leaf_cat", "top_cat", "brand", "shop", "title_words"
+)
 # The join unpacks event tuples and builds UserEvent tuples positionally, for speed.
 assert tuple(f.name for f in dataclasses.fields(contract.Event)) == _EVENT_ORDER
 assert UserEvent._fields == _ENRICHED_ORDER
@@ -189,7 +191,8 @@ class _JoinCatalogFn(_TallyingDoFn):
         if not items:
             for ev in grouped["events"]:
                 e = contract.Event(*ev)
-                yield self.dead("events", "unknown_item", f"item_id {e.item_id!r} is not in the catalog", dataclasses.asdict(e))
+                detail = f"item_id {e.item_id!r} is not in the catalog"
+                yield self.dead("events", "unknown_item", detail, dataclasses.asdict(e))
             return
         if self.tokenizer is None:
             self.tokenizer = tokenizer_for(user_words)

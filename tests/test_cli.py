@@ -27,7 +27,7 @@ def test_every_option_is_explained():
 
 def test_unknown_option_is_rejected(capsys):
     with pytest.raises(SystemExit) as e:
-        main(["synth", "--no-such-option"])
+        main(["synth", "--out", "unused", "--no-such-option"])
     assert e.value.code == 2
     assert "unrecognized arguments" in capsys.readouterr().err
 
