@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from features.spec import BEHAVIOUR_SEQUENCES, ITEM_FIELDS
 from model.config import MGDSPRConfig
-from model.layers.embedding import Embeddings, masked_mean
+from model.layers import Embeddings, masked_mean
 
 QUERY_INPUTS = ("query_chars", "query_bigrams", "query_words", "his_queries")
 

@@ -15,8 +15,11 @@ profiler cannot look inside while loops, so the counted graph uses the unrolled 
 (`lstm_unroll=True`, same maths); the default while-loop LSTM is timed as well.
 Element-wise transcendental ops (exp, tanh, sigmoid) have no registered count, and the
 optimiser's sparse row updates have a data-dependent size the profiler skips ("ops no
-flops stats due to incomplete shapes"), so the figures are a slight underestimate. The matmul peak is measured in the same run, on the
-same threads, with large float32 square matmuls.
+flops stats due to incomplete shapes"), so the figures are a slight underestimate.
+
+The matmul peak (large float32 square matmuls) is timed in the same rounds as the model,
+alternating with it, so that a machine shared with other jobs slows both alike; medians
+over the rounds are reported.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ import os
 import platform
 import sys
 import time
+
+from tqdm import tqdm
 
 # Vocabulary sizes of a large shop (rows before mask and OOV buckets).
 DEFAULT_VOCAB = {
@@ -45,9 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--items", type=int, default=DEFAULT_VOCAB["item_id"], help="item-id vocabulary size")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--embedding-dim", type=int, default=128)
-    p.add_argument("--train-steps", type=int, default=3, help="timed training steps per round")
+    p.add_argument("--train-steps", type=int, default=3, help="training steps per timing round")
     p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (the median is reported)")
-    p.add_argument("--infer-seconds", type=float, default=5.0, help="time budget per inference measurement")
     p.add_argument("--skip-while-loop", action="store_true", help="do not time the while-loop LSTM variant")
     p.add_argument("--json", help="also write the figures to this JSON file")
     return p.parse_args(argv)
@@ -99,28 +103,26 @@ def graph_flops(tf, concrete) -> int:
     return int(tf.compat.v1.profiler.profile(concrete.graph, options=opts).total_float_ops)
 
 
-def time_calls(fn, min_calls: int, seconds: float) -> tuple[float, int]:
-    """Seconds per call (after one warm-up call), at least `min_calls` calls or `seconds`."""
-    fn()
-    calls, start = 0, time.perf_counter()
-    while calls < min_calls or time.perf_counter() - start < seconds:
-        fn()
-        calls += 1
-    return (time.perf_counter() - start) / calls, calls
+def matmul_fn(tf, n: int):
+    """A compiled float32 [n, n] x [n, n] matmul; 2 n^3 FLOPs per call."""
+    a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+    f = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    return lambda: f().numpy()
 
 
-def matmul_peak(tf, seconds: float = 3.0) -> dict:
-    """Best float32 GFLOP/s of square matmuls (the CPU's practical peak for this work)."""
-    best = {"gflops": 0.0}
+def matmul_size(tf) -> int:
+    """The square size with the best GFLOP/s on this CPU (a short scan)."""
+    best, best_n = 0.0, 1024
     for n in (1024, 2048, 3072):
-        a = tf.random.normal([n, n])
-        b = tf.random.normal([n, n])
-        f = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
-        per_call, calls = time_calls(lambda: f().numpy(), 3, seconds / 3)
-        gflops = 2 * n**3 / per_call / 1e9
-        if gflops > best["gflops"]:
-            best = {"gflops": gflops, "n": n, "calls": calls}
-    return best
+        fn = matmul_fn(tf, n)
+        fn()
+        start = time.perf_counter()
+        for _ in range(3):
+            fn()
+        gflops = 3 * 2 * n**3 / (time.perf_counter() - start) / 1e9
+        if gflops > best:
+            best, best_n = gflops, n
+    return best_n
 
 
 def build(tf, config, sizes):
@@ -132,43 +134,22 @@ def build(tf, config, sizes):
     return model
 
 
-def train_step_fn(tf, model, batch):
-    """The compiled training step for `batch`'s shapes."""
-    return tf.function(model.train_step).get_concrete_function(batch)
-
-
-def interleaved_steps(steps: dict, batch, rounds: int, per_round: int) -> dict:
-    """Median seconds per step of each compiled step, timed in alternating rounds so that
-    load from other processes on a shared machine hits every variant alike."""
+def interleaved(measures: dict, rounds: int) -> dict:
+    """Median seconds per call of each `name -> (fn, calls per round)`, timed in
+    alternating rounds: load from other processes on a shared machine then hits every
+    measurement, the matmul peak included, alike, and their ratios stay meaningful."""
     import statistics
 
-    for fn in steps.values():  # warm-up
-        fn(batch)["loss"].numpy()
-    times = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, fn in steps.items():
+    for fn, _ in measures.values():  # warm-up (and tracing)
+        fn()
+    times = {name: [] for name in measures}
+    for _ in tqdm(range(rounds), desc="timing rounds", leave=False):
+        for name, (fn, calls) in measures.items():
             start = time.perf_counter()
-            for _ in range(per_round):
-                fn(batch)["loss"].numpy()
-            times[name].append((time.perf_counter() - start) / per_round)
+            for _ in range(calls):
+                fn()
+            times[name].append((time.perf_counter() - start) / calls)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def infer_figures(tf, model, batches: dict, seconds: float) -> dict:
-    out = {}
-    for size, batch in batches.items():
-        user = {k: v for k, v in batch.items() if not k.startswith("neg_")}
-        fn = tf.function(lambda x: model.user_tower(x, training=False))
-        concrete = fn.get_concrete_function(user)
-        flops = graph_flops(tf, concrete)
-        per_call, calls = time_calls(lambda: concrete(user).numpy(), 5, seconds)
-        out[size] = {
-            "seconds_per_call": per_call,
-            "calls": calls,
-            "examples_per_s": size / per_call,
-            "flops_per_example": flops / size,
-        }
-    return out
 
 
 def main(argv=None) -> int:
@@ -183,71 +164,87 @@ def main(argv=None) -> int:
     vocab = dict(DEFAULT_VOCAB, item_id=args.items)
     sizes = {name: 1 + n + VOCABS[name].oov_buckets for name, n in vocab.items()}
     config = MGDSPRConfig(embedding_dim=args.embedding_dim, batch_size=args.batch_size, lstm_unroll=True)
+    b = config.batch_size
     rows = sum(sizes.values())
     threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
     print(f"machine: {machine()}; TensorFlow {tf.__version__}, {threads} intra-op threads")
     print(
-        f"model: d={config.embedding_dim}, batch {config.batch_size}, {config.num_random_negatives} random + "
+        f"model: d={config.embedding_dim}, batch {b}, {config.num_random_negatives} random + "
         f"{config.hard_negatives} hard negatives, {rows:,} embedding rows "
         f"({rows * config.embedding_dim * 4 / 2**30:.2f} GiB, as much again in AdaGrad slots)"
     )
     t0 = time.perf_counter()
-    peak = matmul_peak(tf)
 
-    train_batch = random_batch(tf, config, config.batch_size, 0, sizes)
+    train_batch = random_batch(tf, config, b, 0, sizes)
+    users = {
+        size: {k: v for k, v in batch.items() if not k.startswith("neg_")}
+        for size, batch in ((1, random_batch(tf, config, 1, 1, sizes)), (b, train_batch))
+    }
     model = build(tf, config, sizes)
-    steps = {"unrolled": train_step_fn(tf, model, train_batch)}
-    train_flops = graph_flops(tf, steps["unrolled"]) / config.batch_size
-    infer = infer_figures(
-        tf, model, {1: random_batch(tf, config, 1, 1, sizes), config.batch_size: train_batch}, args.infer_seconds
-    )
+    step = tf.function(model.train_step).get_concrete_function(train_batch)
+    user_fn = tf.function(lambda x: model.user_tower(x, training=False))
+    towers = {size: user_fn.get_concrete_function(x) for size, x in users.items()}
+    flops = {"train_unrolled": graph_flops(tf, step) / b}
+    flops.update({f"user_{size}": graph_flops(tf, fn) / size for size, fn in towers.items()})
+    n = matmul_size(tf)
+    measures = {
+        "train_unrolled": (lambda: step(train_batch)["loss"].numpy(), args.train_steps),
+        f"user_{b}": (lambda: towers[b](users[b]).numpy(), 4 * args.train_steps),
+        "user_1": (lambda: towers[1](users[1]).numpy(), 50 * args.train_steps),
+        "matmul": (matmul_fn(tf, n), 5),
+    }
     if not args.skip_while_loop:
         loop_model = build(tf, config.replace(lstm_unroll=False), sizes)
-        steps["while_loop"] = train_step_fn(tf, loop_model, train_batch)
-    per_step = interleaved_steps(steps, train_batch, args.rounds, args.train_steps)
-    end_peak = matmul_peak(tf)
-    peak = max(peak, end_peak, key=lambda p: p["gflops"])
-    train = {
-        name: {"seconds_per_step": sec, "examples_per_s": config.batch_size / sec, "flops_per_example": train_flops}
-        for name, sec in per_step.items()
-    }
+        loop_step = tf.function(loop_model.train_step).get_concrete_function(train_batch)
+        measures["train_while_loop"] = (lambda: loop_step(train_batch)["loss"].numpy(), args.train_steps)
+        # Same arithmetic as the unrolled graph; the profiler just cannot count inside the loop.
+        flops["train_while_loop"] = flops["train_unrolled"]
+    seconds = interleaved(measures, args.rounds)
+    peak = 2 * n**3 / seconds.pop("matmul") / 1e9
+    examples = {"train_unrolled": b, "train_while_loop": b, f"user_{b}": b, "user_1": 1}
+    figures = {}
+    for name, sec in seconds.items():
+        per_s = examples[name] / sec
+        gflops = per_s * flops[name] / 1e9
+        figures[name] = {
+            "seconds_per_call": sec,
+            "examples_per_s": per_s,
+            "flops_per_example": flops[name],
+            "gflops_per_s": gflops,
+            "share_of_peak": gflops / peak,
+        }
 
-    print(f"matmul peak: {peak['gflops']:.1f} GFLOP/s (float32 {peak['n']}x{peak['n']}, best of start and end)")
+    print(f"matmul peak: {peak:.1f} GFLOP/s (float32 {n}x{n}, median of the same timing rounds)")
     print()
     print(f"{'measurement':<30} {'examples/s':>11} {'MFLOP/example':>14} {'GFLOP/s':>9} {'% of peak':>10}")
-    labels = {"unrolled": "train step (unrolled LSTM)", "while_loop": "train step (while-loop LSTM)"}
-    table = [(labels[k], v) for k, v in train.items()] + [(f"user tower, batch {b}", v) for b, v in infer.items()]
-    for name, fig in table:
-        # The while-loop graph does the same arithmetic as the unrolled one it is credited with.
-        g = fig["examples_per_s"] * fig["flops_per_example"] / 1e9
-        fig["gflops_per_s"] = g
-        print(
-            f"{name:<30} {fig['examples_per_s']:>11.1f} {fig['flops_per_example'] / 1e6:>14.1f} "
-            f"{g:>9.2f} {100 * g / peak['gflops']:>9.1f}%"
-        )
-    b1, bn = infer[1], infer[config.batch_size]
+    labels = {
+        "train_unrolled": "train step (unrolled LSTM)",
+        "train_while_loop": "train step (while-loop LSTM)",
+        f"user_{b}": f"user tower, batch {b}",
+        "user_1": "user tower, batch 1",
+    }
+    for name, label in labels.items():
+        if name in figures:
+            fig = figures[name]
+            print(
+                f"{label:<30} {fig['examples_per_s']:>11.1f} {fig['flops_per_example'] / 1e6:>14.1f} "
+                f"{fig['gflops_per_s']:>9.2f} {100 * fig['share_of_peak']:>9.1f}%"
+            )
     print()
-    if "while_loop" in train:
-        ratio = train["while_loop"]["examples_per_s"] / train["unrolled"]["examples_per_s"]
+    if "train_while_loop" in figures:
+        ratio = figures["train_while_loop"]["examples_per_s"] / figures["train_unrolled"]["examples_per_s"]
         print(f"while-loop / unrolled LSTM training throughput: {ratio:.2f}x")
+    b1, bn = figures["user_1"], figures[f"user_{b}"]
     print(
-        f"user tower batch {config.batch_size} / batch 1 throughput: "
-        f"{bn['examples_per_s'] / b1['examples_per_s']:.1f}x; batch-1 latency {1000 * b1['seconds_per_call']:.1f} ms"
+        f"user tower batch {b} / batch 1 throughput: {bn['examples_per_s'] / b1['examples_per_s']:.1f}x; "
+        f"batch-1 latency {1000 * b1['seconds_per_call']:.1f} ms"
     )
-    print(f"training / inference FLOPs per example: {train_flops / bn['flops_per_example']:.2f}x")
+    print(f"training / inference FLOPs per example: {flops['train_unrolled'] / bn['flops_per_example']:.2f}x")
     print(f"(total {time.perf_counter() - t0:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "machine": machine(),
-                    "matmul_peak": peak,
-                    "train": train,
-                    "user_tower": {str(k): v for k, v in infer.items()},
-                },
-                f,
-                indent=2,
-            )
+            summary = {"machine": machine(), "matmul_peak_gflops": peak, "matmul_n": n, "figures": figures}
+            json.dump(summary, f, indent=2)
     return 0
 
 

@@ -24,7 +24,7 @@ import math
 import features  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
-from model.layers.hard_negative import hard_negative_mix
+from model.layers import hard_negative_mix
 
 NEG_INF = float("-inf")
 
