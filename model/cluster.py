@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import socket
-from contextlib import closing
 
 log = logging.getLogger(__name__)
 

@@ -111,11 +111,13 @@ def _records(files: list[str], input_context, shuffle: bool, seed: int | None) -
     return ds
 
 
-def sampled_items(data_dir: str, num: int, lookup, seed: int | None = None, input_context=None) -> tf.data.Dataset:
+def sampled_items(data_dir: str, num: int, lookup, seed: int | None = None) -> tf.data.Dataset:
     """An endless stream of batches of `num` random catalog items, features prefixed `neg_`
-    (ids). Uniform over the catalog: shuffled, repeated, batched."""
+    (ids). Uniform over the whole catalog: shuffled, repeated, batched. Not sharded: every
+    worker samples from every item (with its own seed), so no worker's negatives are biased
+    towards part of the catalog."""
     files = split_files(data_dir, "items")
-    ds = _records(files, input_context if input_context and len(files) > 1 else None, True, seed)
+    ds = _records(files, None, True, seed)
     ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.batch(num, drop_remainder=True)
 
@@ -170,7 +172,7 @@ def make_dataset(
 
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     if config.num_random_negatives > 0:
-        negs = sampled_items(data_dir, config.num_random_negatives, lookup, seed, input_context)
+        negs = sampled_items(data_dir, config.num_random_negatives, lookup, seed)
         ds = tf.data.Dataset.zip((ds, negs)).map(lambda a, b: {**a, **b})
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -114,10 +114,9 @@ class Truth:
 # Model loading and embedding
 
 
-def load_trained(model_dir: str, checkpoint: str | None = None):
-    """(model, config, info) with the model's weights restored from `checkpoint` (default:
-    the final checkpoint of the run), in this process without any distribution strategy
-    (a checkpoint written by a PS cluster holds the full tables, whatever the sharding)."""
+def load_trained(model_dir: str):
+    """(config, train info) of a trained model dir; without train_info.json (a run still
+    going) the info names the latest checkpoint."""
     import features  # noqa: F401
     import tensorflow as tf
 
@@ -138,6 +137,10 @@ def load_trained(model_dir: str, checkpoint: str | None = None):
 
 
 def restore(model_dir: str, data_dir: str, checkpoint: str | None = None):
+    """(model, config, checkpoint path, step): the model built in this process without any
+    distribution strategy, its tower weights restored from `checkpoint` (default: the run's
+    final one). A checkpoint written by a PS cluster holds whole tables, so it restores
+    here whatever the sharding was."""
     import features  # noqa: F401
     import tensorflow as tf
 
@@ -145,7 +148,7 @@ def restore(model_dir: str, data_dir: str, checkpoint: str | None = None):
     from model.lookup import Lookup
     from model.train import build
 
-    config, info = load_trained(model_dir, checkpoint)
+    config, info = load_trained(model_dir)
     path = checkpoint or info["checkpoint"]
     table_sizes = Lookup(vocab_dir(data_dir)).table_sizes
     if info.get("table_sizes") and info["table_sizes"] != table_sizes:
@@ -214,7 +217,11 @@ def embed_searches(model, data_dir: str, batch_size: int = 256):
         sids = [s.decode("utf-8") for s in raw["search_id"].numpy()]
         items = [s.decode("utf-8") for s in raw["item_id"].numpy()]
         qs = [s.decode("utf-8") for s in raw["query"].numpy()]
-        new = [i for i, s in enumerate(sids) if s not in index and sids.index(s) == i]
+        new, seen = [], set()
+        for i, s in enumerate(sids):  # the first example of each search carries its user features
+            if s not in index and s not in seen:
+                seen.add(s)
+                new.append(i)
         if new:
             user = {k: tf.gather(v, new) for k, v in lookup({k: raw[k] for k in USER_FEATURE_NAMES}).items()}
             embs.append(model.user_tower(user, training=False).numpy())
@@ -367,7 +374,8 @@ def evaluate(data_dir: str, model_dir: str, out_dir: str | None = None, truth_di
         with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
             json.dump(metrics, f, indent=2, ensure_ascii=False)
         intents.save(os.path.join(out_dir, "intents.json"))  # the relevance control's dictionary
-        plot(metrics, os.path.join(out_dir, "metrics.png"), f"{os.path.basename(model_dir.rstrip('/'))} @ step {step}")
+        name = "/".join(os.path.abspath(model_dir).split(os.sep)[-2:])
+        plot(metrics, os.path.join(out_dir, "metrics.png"), f"{name} @ step {step}: test day, {metrics['items']} items")
     if not quiet:
         print(format_table(metrics), flush=True)
     return metrics

@@ -1,6 +1,6 @@
 """Reproduce the paper's comparison on a synthetic world: MGDSPR against the alpha-DNN
 baseline (an MLP user tower) and the ablations, each trained with the same step budget and
-seed, evaluated the same way (Recall@K, P_good@K, filter pass share@K on the test day).
+seeds, evaluated the same way (Recall@K, P_good@K, filter pass share@K on the test day).
 
     python -m model.reproduce --data data --out reports               # make reproduce
     python -m model.reproduce --data data --out reports --steps 200 --variants mgdspr,mlp
@@ -45,7 +45,8 @@ def parse_args(argv=None):
                    help="where each variant's model dir, logs and metrics go (default runs/reproduce)")
     p.add_argument("--scale", default="small", help="synthetic world scale (default small)")
     p.add_argument("--seed", type=int, default=7, help="world seed (default 7)")
-    p.add_argument("--model-seed", type=int, default=0, help="model/training seed, the same for every variant")
+    p.add_argument("--model-seeds", default="0,1",
+                   help="model/training seeds, each variant trains once per seed; tables show the mean (default 0,1)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps per variant (default {DEFAULT_STEPS})")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     p.add_argument("--cluster", default="single", choices=["single", "local-ps"],
@@ -68,21 +69,21 @@ def _run(cmd: list[str], log_path: str) -> float:
     return time.time() - t0
 
 
-def run_variant(name: str, processed: str, out: str, args, overrides: list[str]) -> dict:
+def run_variant(name: str, seed: int, processed: str, args, overrides: list[str]) -> dict:
     from model.config import ABLATIONS
 
     if name not in ABLATIONS:
         raise ValueError(f"unknown variant {name!r}; known: {sorted(ABLATIONS)}")
-    run_dir = os.path.join(args.runs, name)
+    run_dir = os.path.join(args.runs, f"{name}-seed{seed}")
     model_dir = os.path.join(run_dir, "model")
     os.makedirs(run_dir, exist_ok=True)
     ablation = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in ABLATIONS[name].items()]
-    settings = list(overrides) + [f"seed={args.model_seed}"] + ablation
+    settings = list(overrides) + [f"seed={seed}"] + ablation
     ebr = [sys.executable, "-m", "ebr"]
-    train_s = _run(ebr + ["train", "--data", processed, "--model-dir", model_dir, "--cluster", args.cluster,
-                          "--steps", str(args.steps), "--checkpoint-steps", str(max(1, args.steps // 4)),
-                          "--no-progress", *(["--fresh"] if args.fresh else []), "--set", *settings],
-                  os.path.join(run_dir, "train.log"))
+    _run(ebr + ["train", "--data", processed, "--model-dir", model_dir, "--cluster", args.cluster,
+                "--steps", str(args.steps), "--checkpoint-steps", str(max(1, args.steps // 4)),
+                "--no-progress", *(["--fresh"] if args.fresh else []), "--set", *settings],
+         os.path.join(run_dir, "train.log"))
     eval_s = _run(ebr + ["eval", "--data", processed, "--model-dir", model_dir, "--out", run_dir, "--k", args.k],
                   os.path.join(run_dir, "eval.log"))
     with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
@@ -91,14 +92,34 @@ def run_variant(name: str, processed: str, out: str, args, overrides: list[str])
         info = json.load(f)
     return {
         "variant": name,
-        "description": DESCRIPTIONS.get(name, name),
+        "seed": seed,
         "settings": settings,
         "steps": info["steps"],
         "final_loss": info["losses"][-1] if info.get("losses") else None,
-        "train_seconds": round(train_s, 1),
+        "train_seconds": info.get("train_seconds"),
+        "examples_per_sec": info.get("examples_per_sec"),
         "eval_seconds": round(eval_s, 1),
         "metrics": metrics,
     }
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """One variant's runs over seeds -> mean metrics (and the per-seed values)."""
+    import numpy as np
+
+    first = runs[0]
+    out = {"variant": first["variant"], "description": DESCRIPTIONS.get(first["variant"], first["variant"]),
+           "seeds": [r["seed"] for r in runs], "steps": first["steps"], "metrics": {}, "per_seed": runs}
+    for key in ("recall", "p_good", "filter_pass"):
+        out["metrics"][key] = {}
+        for k in first["metrics"][key]:
+            vals = [r["metrics"][key][k] for r in runs if r["metrics"][key][k] is not None]
+            out["metrics"][key][k] = float(np.mean(vals)) if vals else None
+    losses = [r["final_loss"] for r in runs if r["final_loss"] is not None]
+    out["final_loss"] = float(np.mean(losses)) if losses else None
+    out["train_seconds"] = float(np.mean([r["train_seconds"] or 0 for r in runs]))
+    out["eval_seconds"] = float(np.mean([r["eval_seconds"] for r in runs]))
+    return out
 
 
 def _pct(v):
@@ -116,8 +137,9 @@ def markdown(report: dict) -> str:
         "",
         f"World: `{report['world']}` (scale {report['scale']}, seed {report['world_seed']}): "
         f"{report['examples_train']} training examples, {report['items']} items in the pool, "
-        f"{report['searches']} test searches. Every variant: {report['steps']} steps, model seed "
-        f"{report['model_seed']}, cluster `{report['cluster']}`, settings `{' '.join(report['overrides'])}`.",
+        f"{report['searches']} test searches. Every variant: {report['steps']} steps per run, one run per "
+        f"model seed {report['model_seeds']} (tables: the mean over seeds), cluster `{report['cluster']}`, "
+        f"settings `{' '.join(report['overrides'])}`.",
         "",
         "Percent. Recall@K: share of a test search's clicked/purchased items in its top-K out of the "
         "whole pool. P_good@K: share of the top-K relevant to the query by the generator's ground truth "
@@ -130,10 +152,15 @@ def markdown(report: dict) -> str:
         for r in report["results"]:
             m = r["metrics"][key]
             lines.append(f"| {r['variant']}: {r['description']} | " + " | ".join(_pct(m.get(k)) for k in ks) + " |")
-    lines += ["", "## Training", "", "| variant | final loss | train s | eval s |", "|---|---:|---:|---:|"]
+    mid = ks[len(ks) // 2 - 1] if len(ks) > 1 else ks[0]
+    seeds = report["model_seeds"]
+    lines += ["", f"## Per seed (Recall@{mid} / P_good@{mid}), training", "",
+              "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | final loss | train s per run |",
+              "|---|" + "---:|" * (len(seeds) + 2)]
     for r in report["results"]:
+        cells = [f"{_pct(p['metrics']['recall'].get(mid))} / {_pct(p['metrics']['p_good'].get(mid))}" for p in r["per_seed"]]
         loss = "-" if r["final_loss"] is None else f"{r['final_loss']:.3f}"
-        lines.append(f"| {r['variant']} | {loss} | {r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |")
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {loss} | {r['train_seconds']:.0f} |")
     if "mlp" in rows and "mgdspr" in rows:
         m, b = rows["mgdspr"]["metrics"], rows["mlp"]["metrics"]
         lines += ["", "## MGDSPR against the baseline", "",
@@ -164,32 +191,34 @@ def main(argv=None) -> int:
     from model.evaluate import parse_ks
 
     args = parse_args(argv)
-    ks = parse_ks(args.k)
+    parse_ks(args.k)  # a bad --k fails now, not after the first training run
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     overrides = list(args.overrides) if args.overrides is not None else list(DEFAULT_OVERRIDES)
     t0 = time.time()
     raw, processed, stats = prepare_data(args.data, args.scale, args.seed)
     os.makedirs(args.out, exist_ok=True)
-    results = []
-    try:
-        from tqdm import tqdm
+    seeds = [int(x) for x in str(args.model_seeds).split(",") if x.strip()]
+    if not seeds:
+        raise ValueError("--model-seeds needs at least one seed")
+    jobs = [(v, s) for v in variants for s in seeds]
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    from tqdm import tqdm
 
-        bar = tqdm(variants, desc="variants", unit="run")
-    except ImportError:  # pragma: no cover
-        bar = variants
-    for name in bar:
-        if hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(name)
-        results.append(run_variant(name, processed, args.out, args, overrides))
-        m = results[-1]["metrics"]
-        print(f"{name:>8}: " + "  ".join(f"R@{k} {m['recall'][str(k)]:.4f}" for k in m["k"])
-              + f"  P_good@{m['k'][-1]} {m['p_good'][str(m['k'][-1])] or 0:.4f}", flush=True)
-    first = results[0]["metrics"]
+    bar = tqdm(jobs, desc="runs", unit="run")
+    for name, seed in bar:
+        bar.set_postfix_str(f"{name} seed {seed}")
+        r = run_variant(name, seed, processed, args, overrides)
+        runs[name].append(r)
+        m = r["metrics"]
+        bar.write(f"{name:>8} seed {seed}: " + "  ".join(f"R@{k} {m['recall'][str(k)]:.4f}" for k in m["k"])
+                  + "  " + "  ".join(f"P_good@{k} {m['p_good'][str(k)] or 0:.4f}" for k in m["k"]))
+    results = [aggregate(runs[v]) for v in variants]
+    first = results[0]["per_seed"][0]["metrics"]
     report = {
         "world": os.path.abspath(processed),
         "scale": args.scale,
         "world_seed": args.seed,
-        "model_seed": args.model_seed,
+        "model_seeds": seeds,
         "steps": args.steps,
         "cluster": args.cluster,
         "overrides": overrides,

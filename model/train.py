@@ -52,8 +52,8 @@ def add_arguments(p) -> None:
     p.add_argument("--model-dir", required=True, help="where config, checkpoints, logs and train_info.json go")
     p.add_argument("--cluster", choices=CLUSTERS, default="local-ps", help="how to distribute training (default local-ps)")
     p.add_argument("--steps", type=int, default=None, help="training steps in total (overrides --epochs)")
-    p.add_argument("--epochs", type=float, default=5.0,
-                   help="passes over the training examples when --steps is not given (default 5)")
+    p.add_argument("--epochs", type=float, default=10.0,
+                   help="passes over the training examples when --steps is not given (default 10)")
     p.add_argument("--config", default=None, help="JSON file with MGDSPRConfig fields (defaults: the paper's values)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. --set embedding_dim=16 temperature=1")
@@ -96,6 +96,13 @@ def train_examples(data_dir: str) -> int:
     from model.data import count_records, split_files
 
     return count_records(split_files(data_dir, "train"))
+
+
+def model_weights(model) -> list:
+    """The model's variables without metric state (a loss tracker's running total differs
+    per horovod rank and is no weight)."""
+    metric_vars = {id(v) for m in model.metrics for v in m.variables}
+    return [v for v in model.variables if id(v) not in metric_vars]
 
 
 def weights_digest(variables) -> str:
@@ -386,9 +393,12 @@ def run(args, config, mode: str, strategy=None, hvd=None) -> int:
     model.fit(data, epochs=rounds, steps_per_epoch=per_round, callbacks=callbacks, verbose=0)
 
     steps = int(optimizer.iterations.numpy())
-    digest = weights_digest(model.variables)
+    weights = model_weights(model)
+    digest = weights_digest(weights)
     if hvd:
-        _write_json(join(model_dir, f"digest-rank{rank}.json"), {"rank": rank, "steps": steps, "weights_sha256": digest})
+        per_variable = {v.name: hashlib.sha256(v.numpy().tobytes()).hexdigest()[:16] for v in weights}
+        _write_json(join(model_dir, f"digest-rank{rank}.json"),
+                    {"rank": rank, "steps": steps, "weights_sha256": digest, "variables": per_variable})
     if chief:
         final = checkpoints.save()
         info = {

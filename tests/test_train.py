@@ -34,9 +34,10 @@ def ebr(*args, timeout=300, check=True, env=None) -> subprocess.CompletedProcess
     return out
 
 
-def train_args(data, model_dir, cluster, steps, *extra):
-    return ["train", "--data", data, "--model-dir", model_dir, "--cluster", cluster, "--steps", steps,
+def train_args(data, model_dir, cluster, steps, *extra) -> list[str]:
+    args = ["train", "--data", data, "--model-dir", model_dir, "--cluster", cluster, "--steps", steps,
             "--no-progress", *extra, "--set", *SMALL]
+    return [str(a) for a in args]
 
 
 def read_json(path) -> dict:
