@@ -29,8 +29,9 @@ demo: $(STAMP)
 	$(PY) -m ebr.demo --scale $(SCALE) --seed $(SEED) --data $(DATA)
 
 train: $(STAMP)
-	$(PY) -m ebr.demo --scale $(SCALE) --seed $(SEED) --data $(DATA) --only-data
+	$(PY) -m ebr.demo --scale $(SCALE) --seed $(SEED) --data $(DATA)
 	$(EBR) train --data $(DATA)/$(SCALE)/processed --model-dir runs/$(SCALE) --cluster local-ps
+	$(EBR) eval --data $(DATA)/$(SCALE)/processed --model-dir runs/$(SCALE) --out reports/$(SCALE)
 
 reproduce: $(STAMP)
 	$(PY) -m model.reproduce --data $(DATA) --out reports

@@ -46,7 +46,7 @@ def prepare_data(data_dir: str, scale: str, seed: int, fresh: bool = False) -> t
         shutil.rmtree(processed, ignore_errors=True)
         t0 = time.time()
         print(f"[2/2] preprocessing with Beam (DirectRunner) into {processed}", flush=True)
-        preprocess.run(raw, processed)
+        preprocess.run(raw, processed, quiet=True)
         print(f"      done in {time.time() - t0:.1f} s", flush=True)
     else:
         print(f"[2/2] {processed} is up to date", flush=True)
@@ -80,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="small", choices=["tiny", "small", "medium", "large"])
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--data", default="data", help="root folder; the world goes to DATA/SCALE/")
-    parser.add_argument("--only-data", action="store_true", help="stop after preprocessing")
     parser.add_argument("--fresh", action="store_true", help="regenerate and reprocess even if present")
     args = parser.parse_args(argv)
     _, processed, stats = prepare_data(args.data, args.scale, args.seed, args.fresh)
     print_summary(processed, stats)
+    print(f"\nNext: `make train` trains MGDSPR on {processed} (in-process parameter-server "
+              f"cluster), then `ebr eval --data {processed} --model-dir runs/{args.scale} --out reports/{args.scale}`.")
     return 0
 
 

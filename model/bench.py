@@ -26,11 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
 from tqdm import tqdm
+
+from ebr.machine import summary
 
 # Vocabulary sizes of a large shop (rows before mask and OOV buckets).
 DEFAULT_VOCAB = {
@@ -55,19 +56,6 @@ def parse_args(argv=None):
     p.add_argument("--skip-while-loop", action="store_true", help="do not time the while-loop LSTM variant")
     p.add_argument("--json", help="also write the figures to this JSON file")
     return p.parse_args(argv)
-
-
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
 
 
 def random_batch(tf, config, batch: int, seed: int, sizes: dict) -> dict:
@@ -167,7 +155,7 @@ def main(argv=None) -> int:
     b = config.batch_size
     rows = sum(sizes.values())
     threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
-    print(f"machine: {machine()}; TensorFlow {tf.__version__}, {threads} intra-op threads")
+    print(f"machine: {summary()}; TensorFlow {tf.__version__}, {threads} intra-op threads")
     print(
         f"model: d={config.embedding_dim}, batch {b}, {config.num_random_negatives} random + "
         f"{config.hard_negatives} hard negatives, {rows:,} embedding rows "
@@ -243,8 +231,8 @@ def main(argv=None) -> int:
     print(f"(total {time.perf_counter() - t0:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:
-            summary = {"machine": machine(), "matmul_peak_gflops": peak, "matmul_n": n, "figures": figures}
-            json.dump(summary, f, indent=2)
+            report = {"machine": summary(), "matmul_peak_gflops": peak, "matmul_n": n, "figures": figures}
+            json.dump(report, f, indent=2)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -96,7 +95,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     config = load_config(None, args.overrides)
     _, processed, stats = prepare_data(args.data, args.scale, args.seed)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
+    from ebr.machine import summary
+
+    machine = summary()
     print(f"bench-train on {machine}; world {processed} ({stats.get('examples_train')} training examples); "
           f"batch {config.batch_size}, d {config.embedding_dim}, {config.num_random_negatives} random negatives",
           flush=True)

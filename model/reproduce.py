@@ -184,7 +184,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    import platform
+    from ebr.machine import summary
 
     import features  # noqa: F401
     from ebr.demo import prepare_data
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
         "examples_train": stats.get("examples_train"),
         "results": results,
         "seconds": round(time.time() - t0, 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
+        "machine": summary(),
     }
     with open(os.path.join(args.out, "reproduce.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2, ensure_ascii=False)

@@ -20,30 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import time
 
 import features  # noqa: F401  (environment for TensorFlow, set before any TF import)
-
-
-def machine() -> dict:
-    model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {
-        "cores": os.cpu_count(),
-        "cpu": model,
-        "python": platform.python_version(),
-        "load_avg_1m": round(load[0], 2),
-    }
+from ebr.machine import describe, summary
 
 
 def _cpu_seconds() -> float:
@@ -149,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generating the {args.scale} world in {raw} ...")
         generate(raw, args.scale, seed=args.seed)
 
-    info = machine()
-    print(f"machine: {info['cores']} cores, {info['cpu']}, Python {info['python']}, load average {info['load_avg_1m']}"
+    info = describe()
+    print(f"machine: {summary(info)}"
           " (wall times stretch when other work shares the cores; CPU seconds much less)")
     runs = {
         "multi_processing": [
