@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     _, processed, stats = prepare_data(args.data, args.scale, args.seed, args.fresh)
     print_summary(processed, stats)
     print(f"\nNext: `make train` trains MGDSPR on {processed} (in-process parameter-server "
-              f"cluster), then `ebr eval --data {processed} --model-dir runs/{args.scale} --out reports/{args.scale}`.")
+          f"cluster) and evaluates it on the test day into reports/{args.scale}.")
     return 0
 
 
