@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from features.spec import BEHAVIOUR_SEQUENCES, ITEM_FIELDS
 from model.config import MGDSPRConfig
-from model.layers import Embeddings, masked_mean
+from model.layers import Embeddings, masked_mean, tower_output
 
 QUERY_INPUTS = ("query_chars", "query_bigrams", "query_words", "his_queries")
 
@@ -28,6 +28,7 @@ class AlphaDNNUserTower(tf.keras.Model):
         ]
         self.drops = [tf.keras.layers.Dropout(config.dropout) for _ in config.mlp_hidden_units]
         self.out = tf.keras.layers.Dense(config.embedding_dim, name="output")
+        self.score_scale = config.score_scale
 
     @staticmethod
     def pooled_feature_names() -> list[str]:
@@ -46,4 +47,4 @@ class AlphaDNNUserTower(tf.keras.Model):
         x = tf.concat(pooled, axis=-1)
         for dense, drop in zip(self.hidden, self.drops):
             x = drop(dense(x), training=training)
-        return self.out(x)
+        return tower_output(self.out(x), self.score_scale)

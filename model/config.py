@@ -1,6 +1,7 @@
 """Every MGDSPR hyperparameter in one dataclass, the paper's values as defaults.
 
     cfg = load_config("runs/cfg.json", ["temperature=1.0", "use_mix=false"])
+    cfg = load_config("quick")                       # a preset: PRESETS["quick"]
     cfg = MGDSPRConfig(**ABLATIONS["no_mgs"])
 
 A JSON file gives a base, "key=value" overrides are applied on top with the field's type
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -33,16 +35,23 @@ class MGDSPRConfig:
     transformer_ff_dim: int = 256  # hidden units of the Transformers' feed-forward blocks
     lstm_layers: int = 2  # real-time branch, residual connections between layers
     lstm_unroll: bool = False  # unrolled LSTM: a flat graph (FLOP counting), same maths
-    dropout: float = 0.2
+    dropout: float = 0.2  # on the real-time LSTM's outputs (the paper's place) and the alpha-DNN's layers
+    # On attention probabilities and residual branches of every Transformer/self-attention.
+    # 0 by default: queries are 1-3 words and the fusion has 25 fixed slots, too few to drop.
+    attention_dropout: float = 0.0
 
     # -- loss ---------------------------------------------------------------------------
     loss: str = "softmax"  # "softmax" (global comparison) | "hinge" (pairwise, the paper's contrast)
-    hinge_margin: float = 1.0  # margin of the pairwise hinge on raw dot products
-    temperature: float = 2.0  # tau: logits are <u, i> / tau
+    hinge_margin: float = 0.5  # margin of the pairwise hinge on the towers' cosines (dot products if score_scale = 0)
+    temperature: float = 2.0  # tau: logits are score_scale * cos(u, i) / tau
+    # Both towers end in an L2 normalisation and a score is score_scale * cos(u, i): the
+    # logit range is fixed (+-score_scale / tau) instead of hanging on the norms the last
+    # layers happen to produce, so tau means what the paper means. 0 = raw dot products.
+    score_scale: float = 32.0
     # Random catalog items per batch (`neg_*` features), on top of the batch's other
-    # positives. Pool of sampled negatives = batch_size - 1 + num_random_negatives, which
-    # must hold hard_negatives (paper: 684 with batch 256 -> at least 429 random items).
-    num_random_negatives: int = 512
+    # positives. Pool of sampled negatives = batch_size - 1 + num_random_negatives; the
+    # hard_negatives are a small share of it (paper: 684 per query, from thousands).
+    num_random_negatives: int = 8192
     log_q_correction: bool = True  # subtract log expected sample count from sampled logits
     catalog_size: int = 0  # items random negatives are drawn from; 0 = item_id vocabulary size
     use_mix: bool = True  # relevance-improving hard negatives I_mix
@@ -81,8 +90,11 @@ class MGDSPRConfig:
             problems.append(f"optimizer must be 'adagrad', 'adam' or 'sgd', got {self.optimizer!r}")
         if self.temperature <= 0:
             problems.append(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.score_scale < 0:
+            problems.append(f"score_scale must be >= 0 (0 = raw dot products), got {self.score_scale}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.mix_a < self.mix_b <= 1.0:
             problems.append(f"need 0 <= mix_a < mix_b <= 1, got mix_a={self.mix_a}, mix_b={self.mix_b}")
         if self.batch_size < 2:
@@ -142,6 +154,26 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 
+# Named starting points for `load_config` (and `--config NAME` on the command line).
+# `paper`: the paper's settings, the dataclass defaults. `quick`: tuned for short runs on
+# a CPU (minutes, not the paper's 35M steps): a narrower model, Adam, which moves the
+# embedding rows from the first step where AdaGrad's accumulator of 0.1 keeps them
+# nearly still, and a pool of sampled negatives whose top 64 are hard ones. The search
+# behind the values: docs/model.md and reports/tuning.md (`python -m benchmarks.tune`).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "quick": {
+        "embedding_dim": 64,
+        "transformer_ff_dim": 128,
+        "batch_size": 128,
+        "num_random_negatives": 1024,
+        "hard_negatives": 64,
+        "optimizer": "adam",
+        "learning_rate": 0.002,
+    },
+}
+
+
 def _fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(MGDSPRConfig)}
 
@@ -193,9 +225,14 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> MGDSPRConfig:
-    """The config from a JSON file (or the defaults when `path` is None), then overrides."""
+    """The config from a preset name (`PRESETS`: paper, quick) or a JSON file (the paper's
+    defaults when `path` is None), then overrides."""
     base: dict[str, Any] = {}
-    if path:
+    if path in PRESETS:
+        base = dict(PRESETS[path])
+    elif path:
+        if not path.endswith(".json") and "/" not in path and not os.path.exists(path):
+            raise ValueError(f"config {path!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
         base = dataclasses.asdict(MGDSPRConfig.from_json(read_text(path)))
     base.update(parse_overrides(overrides))
     return MGDSPRConfig(**base)
@@ -220,4 +257,4 @@ def make_optimizer(config: MGDSPRConfig):
     return tf.keras.optimizers.SGD(learning_rate=config.learning_rate, **clip)
 
 
-__all__ = ["ABLATIONS", "MGDSPRConfig", "load_config", "make_optimizer", "parse_overrides"]
+__all__ = ["ABLATIONS", "PRESETS", "MGDSPRConfig", "load_config", "make_optimizer", "parse_overrides"]

@@ -2,6 +2,7 @@
 [L] sequence length, [d] embedding_dim).
 
     Embeddings, masked_mean              shared tables, one per vocabulary
+    tower_output, trim_padding           unit-length outputs; sequences cut to the batch's longest
     MultiHeadSelfAttention, SelfAttentionBlock, TransformerBlock
     zero_attention, ZeroAttention        query over [0; behaviours]
     MultiGrainedSemanticUnit             Q_mgs [b, 6, d]
@@ -33,6 +34,28 @@ def masked_mean(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     total = tf.reduce_sum(x * m, axis=-2)
     count = tf.reduce_sum(m, axis=-2)
     return total / tf.maximum(count, 1.0)
+
+
+def tower_output(x: tf.Tensor, score_scale: float) -> tf.Tensor:
+    """A tower's final vector [b, d]: unit length when the score is a scaled cosine
+    (`score_scale` > 0), as is otherwise."""
+    return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12) if score_scale > 0 else x
+
+
+def trim_padding(ids: tf.Tensor, *others: tf.Tensor) -> list[tf.Tensor]:
+    """Right-padded sequences [b, L, ...] cut to the batch's longest real one.
+
+    The length is read from `ids` (0 = padding; the last non-zero position of any row);
+    `others` (fields of the same sequence) are cut to the same length. Outputs at real
+    positions are unchanged everywhere downstream (all sequence layers mask padding),
+    while the LSTM's loop and the attentions stop paying for padding."""
+    length = tf.shape(ids)[1]
+    real = tf.not_equal(ids, 0)
+    if ids.shape.rank > 2:
+        real = tf.reduce_any(tf.reshape(real, [tf.shape(ids)[0], length, -1]), axis=-1)
+    positions = tf.range(1, length + 1)[None, :]
+    keep = tf.maximum(tf.reduce_max(tf.where(real, positions, 0)), 1)
+    return [t[:, :keep] for t in (ids, *others)]
 
 
 class Embeddings(tf.keras.layers.Layer):
@@ -250,10 +273,12 @@ class MultiGrainedSemanticUnit(tf.keras.layers.Layer):
       q_his_seq = softmax(q_seg . q_his^T / sqrt(d)) q_his, q_his[j] = mean of the
                   words of earlier query j; the zero vector when there is no history
       q_mix     = q_1gram + q_2gram + q_seg + q_seg_seq + q_his_seq
-    All means and the attention are masked, so padding never changes the output.
+    Each row then goes through its own LayerNorm (q_mix sums the normalised rows), so the
+    six are on one scale; q_his_seq stays zero without history. All means and the
+    attention are masked, so padding never changes the output.
 
-    With `use_mgs=False` (the paper's ablation) the query is only the mean of its word
-    embeddings, repeated six times: the rest of the network (six query slots in each
+    With `use_mgs=False` (the paper's ablation) the query is only the (normalised) mean of
+    its word embeddings, repeated six times: the rest of the network (six query slots in each
     behaviour attention, 25 fusion positions) keeps its shape and size, so the ablation
     removes the extra granularities and nothing else. chars, bigrams and his are then
     not needed.
@@ -282,13 +307,18 @@ class MultiGrainedSemanticUnit(tf.keras.layers.Layer):
             self.blocks = [
                 TransformerBlock(dim, num_heads, ff_dim, dropout, name=f"seg_seq_block_{i}") for i in range(num_layers)
             ]
-            self.final_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6, name="seg_seq_norm")
+        # One LayerNorm per row: a mean of embeddings, a Transformer output and a sum of
+        # five vectors have norms an order of magnitude apart, and unnormalised the largest
+        # would dominate q_mix and every attention the rows take part in.
+        rows = GRANULARITIES if use_mgs else ("q_seg",)
+        self.row_norms = {g: tf.keras.layers.LayerNormalization(epsilon=1e-6, name=f"{g}_norm") for g in rows}
 
     def call(self, inputs: dict, training=None):
         words, words_mask = inputs["words"], inputs["words_mask"]
         q_seg = masked_mean(words, words_mask)  # [b, d]
+        norm = self.row_norms
         if not self.use_mgs:
-            return tf.tile(q_seg[:, None, :], [1, len(GRANULARITIES), 1])
+            return tf.tile(norm["q_seg"](q_seg)[:, None, :], [1, len(GRANULARITIES), 1])
 
         q_1gram = masked_mean(inputs["chars"], inputs["chars_mask"])
         q_2gram = masked_mean(inputs["bigrams"], inputs["bigrams_mask"])
@@ -300,7 +330,7 @@ class MultiGrainedSemanticUnit(tf.keras.layers.Layer):
         x = words + tf.gather(self.positions, pos)[None]
         for block in self.blocks:
             x = block(x, mask=words_mask, training=training)
-        q_seg_seq = masked_mean(self.final_norm(x), words_mask)
+        q_seg_seq = masked_mean(x, words_mask)
 
         his, his_mask = inputs["his"], inputs["his_mask"]
         q_his = masked_mean(his, his_mask)  # [b, H, d]
@@ -309,10 +339,13 @@ class MultiGrainedSemanticUnit(tf.keras.layers.Layer):
         logits += (1.0 - tf.cast(has_query, logits.dtype))[:, None, :] * MASK_LOGIT
         q_his_seq = tf.matmul(tf.nn.softmax(logits, axis=-1), q_his)[:, 0, :]
         # No earlier query at all: the softmax above spreads over padding; use zeros.
-        q_his_seq *= tf.cast(tf.reduce_any(has_query, axis=-1), q_his_seq.dtype)[:, None]
+        any_his = tf.cast(tf.reduce_any(has_query, axis=-1), q_his_seq.dtype)[:, None]
 
-        q_mix = q_1gram + q_2gram + q_seg + q_seg_seq + q_his_seq
-        return tf.stack([q_1gram, q_2gram, q_seg, q_seg_seq, q_his_seq, q_mix], axis=1)
+        rows = {"q_1gram": q_1gram, "q_2gram": q_2gram, "q_seg": q_seg, "q_seg_seq": q_seg_seq, "q_his_seq": q_his_seq}
+        rows = {g: norm[g](v) for g, v in rows.items()}
+        rows["q_his_seq"] *= any_his
+        rows["q_mix"] = norm["q_mix"](tf.add_n(list(rows.values())))
+        return tf.stack([rows[g] for g in GRANULARITIES], axis=1)
 
     def get_config(self):
         return {
@@ -354,8 +387,8 @@ class BehaviourEmbedding(tf.keras.layers.Layer):
 
 
 class RealTimeBehaviour(tf.keras.layers.Layer):
-    """Real-time branch: LSTM layers with residual connections and dropout, multi-head
-    self-attention, then zero attention with the query.
+    """Real-time branch: LSTM layers with residual connections and dropout (the paper's
+    one dropout), multi-head self-attention, then zero attention with the query.
 
     queries [b, Q, d], behaviours [b, L, d] (most recent first, right-padded), mask [b, L]
     -> H_real [b, Q, d].
@@ -365,7 +398,14 @@ class RealTimeBehaviour(tf.keras.layers.Layer):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, lstm_layers: int = 2, dropout: float = 0.2, unroll: bool = False, **kwargs
+        self,
+        dim: int,
+        num_heads: int,
+        lstm_layers: int = 2,
+        dropout: float = 0.2,
+        unroll: bool = False,
+        attention_dropout: float = 0.0,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.dim, self.num_heads, self.lstm_layers, self.dropout, self.unroll = (
@@ -375,6 +415,7 @@ class RealTimeBehaviour(tf.keras.layers.Layer):
             dropout,
             unroll,
         )
+        self.attention_dropout = attention_dropout
         # The generic RNN loop over an LSTMCell rather than tf.keras.layers.LSTM: the
         # latter's fused function asks to colocate its weights, which fails once a
         # ParameterServerStrategy has put them on different parameter servers.
@@ -385,7 +426,7 @@ class RealTimeBehaviour(tf.keras.layers.Layer):
             for i in range(lstm_layers)
         ]
         self.drops = [tf.keras.layers.Dropout(dropout) for _ in range(lstm_layers)]
-        self.self_attention = SelfAttentionBlock(dim, num_heads, dropout, name="self_attention")
+        self.self_attention = SelfAttentionBlock(dim, num_heads, attention_dropout, name="self_attention")
 
     def encode(self, behaviours, mask, training=None):
         """[b, L, d], [b, L] -> contextualised behaviours [b, L, d] (same order as input)."""
@@ -408,6 +449,7 @@ class RealTimeBehaviour(tf.keras.layers.Layer):
             "lstm_layers": self.lstm_layers,
             "dropout": self.dropout,
             "unroll": self.unroll,
+            "attention_dropout": self.attention_dropout,
         }
 
 
@@ -431,16 +473,27 @@ class ShortTermBehaviour(tf.keras.layers.Layer):
 
 class LongTermBehaviour(tf.keras.layers.Layer):
     """Long-term branch: the month's behaviours as separate sequences of item ids, shops,
-    leaf categories and brands, each mean-pooled to one vector, then zero attention with
-    the query over those vectors.
+    leaf categories and brands, each mean-pooled to one vector and projected (one dense
+    layer per sequence, like the other branches' behaviour projection, so the query can
+    learn which sequence to read), then zero attention with the query over those vectors.
 
     queries [b, Q, d], sequences: list of (embeddings [b, L, d], mask [b, L]) ->
     H_long [b, Q, d]. A sequence with no real element is masked out entirely."""
 
+    def __init__(self, dim: int, num_sequences: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.num_sequences = dim, num_sequences
+        self.projections = [tf.keras.layers.Dense(dim, name=f"project_{i}") for i in range(num_sequences)]
+
     def call(self, queries, sequences):
-        pooled = tf.stack([masked_mean(e, m) for e, m in sequences], axis=1)  # [b, S, d]
+        if len(sequences) != self.num_sequences:
+            raise ValueError(f"expected {self.num_sequences} long-term sequences, got {len(sequences)}")
+        pooled = tf.stack([p(masked_mean(e, m)) for p, (e, m) in zip(self.projections, sequences)], axis=1)  # [b, S, d]
         present = tf.stack([tf.reduce_any(m, axis=-1) for _, m in sequences], axis=1)  # [b, S]
         return zero_attention(queries, pooled, present)[0]
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "num_sequences": self.num_sequences}
 
 
 # --------------------------------------------------------------------------------------
@@ -546,8 +599,8 @@ class ItemTitleEncoder(tf.keras.layers.Layer):
 # positive) are mixed with the positive, I_mix = alpha * i+ + (1 - alpha) * I_hard with
 # alpha ~ U(a, b) per negative, and added to the softmax denominator. Alpha near 1 puts a
 # mixture close to the positive: a harder negative that forces finer distinctions (the
-# paper's "relevance" gain). Mixtures are synthetic, not sampled, so they get no log-Q
-# correction.
+# paper's "relevance" gain). Under log-Q correction a mixture's logit is the same mixture
+# of the positive's and the hard negative's corrected logits (model/loss.py).
 #
 # Since scores are dot products, <q, I_mix> = alpha <q, i+> + (1 - alpha) <q, I_hard>: the
 # loss uses `hard_negative_mix` on scores and never materialises the [b, N, d] mixtures;
@@ -569,18 +622,23 @@ def hard_negative_mix(
     mix_range: tuple[float, float] = (0.4, 0.6),
     alphas=None,
     seed: int | None = None,
+    select_by=None,
 ) -> dict:
     """Selects the top-`num` usable negatives per query and mixes their scores.
 
-    scores [b, P] = <q, candidate> for the P sampled candidates; positive_scores [b] =
-    <q, i+>; usable [b, P] bool (False for the positive itself and accidental hits).
-    `alphas` [b, N] overrides the U(a, b) draws (tests); N = min(num, P).
+    scores [b, P] = <q, candidate> for the P sampled candidates (or logits: the mix is
+    linear); positive_scores [b] = <q, i+>; usable [b, P] bool (False for the positive
+    itself and accidental hits, i.e. any candidate with the positive's item id).
+    `select_by` [b, P] ranks the candidates instead of `scores` (the loss ranks by
+    similarity and mixes corrected logits); `alphas` [b, N] overrides the U(a, b) draws
+    (tests); N = min(num, P).
 
     Returns a dict of [b, N] tensors: `indices` (into P, best first), `valid` (False where
     a row had fewer than N usable negatives), `alphas`, `hard_scores` (<q, I_hard>) and
     `mix_scores` (<q, I_mix>)."""
     n = _num_hard(num, scores)
-    masked = tf.where(usable, scores, tf.fill(tf.shape(scores), tf.constant(float("-inf"), scores.dtype)))
+    rank = scores if select_by is None else tf.cast(select_by, scores.dtype)
+    masked = tf.where(usable, rank, tf.fill(tf.shape(rank), tf.constant(float("-inf"), scores.dtype)))
     # Selection is a discrete choice; gradients flow through the gathered scores.
     _, indices = tf.math.top_k(tf.stop_gradient(masked), k=n, sorted=True)
     hard_scores = tf.gather(scores, indices, batch_dims=1)
@@ -647,5 +705,7 @@ __all__ = [
     "ZeroAttention",
     "hard_negative_mix",
     "masked_mean",
+    "tower_output",
+    "trim_padding",
     "zero_attention",
 ]

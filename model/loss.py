@@ -11,11 +11,22 @@ batch, or drawn at random), which is masked out.
 
 Log-Q correction. Sampled softmax estimates the full softmax over the catalog if each
 candidate's logit is lowered by log Q(i), Q(i) = the expected number of times i is in the
-sample. In-batch positives are drawn by popularity: an item that is the positive of a
-share p_i of training examples appears b * p_i times in a batch of b, so
-log Q = log b + log p_i (`item_log_q` = log p_i comes with the data). Random catalog items
-are uniform: n draws from a catalog of N give log Q = log n - log N, the same constant
-for all. Without correction popular items are over-penalised as negatives.
+sample. The sample is the union of two samplers: the batch's positives, drawn by
+popularity (an item that is the positive of a share p_i of training examples appears
+b * p_i times in a batch of b), and n uniform draws from a catalog of N (n / N times).
+Whichever sampler produced a candidate, its expected count is the sum,
+
+    Q(i) = b * p_i + n / N,
+
+so every candidate, in-batch or random, gets log Q(i) of its own popularity
+(`item_log_q` = log p_i of the positives and `neg_item_log_q` of the random items come
+with the data). Without correction popular items are over-penalised as negatives.
+
+I_mix under log-Q. A mixture alpha * i+ + (1 - alpha) * I_hard is built from the
+positive and a sampled negative, so its logit is the same mixture of their corrected
+logits: alpha * logit(i+) + (1 - alpha) * logit(I_hard). Its weight against the positive
+then depends only on how close the hard negative is, never on the positive's popularity,
+and a constant added to every log Q leaves the loss unchanged.
 """
 from __future__ import annotations
 
@@ -27,6 +38,7 @@ import tensorflow as tf
 from model.layers import hard_negative_mix
 
 NEG_INF = float("-inf")
+NEGATIVE_LOG_Q = "neg_item_log_q"
 
 
 def candidate_scores(query, positives, positive_ids, negatives=None, negative_ids=None) -> dict:
@@ -51,16 +63,24 @@ def candidate_scores(query, positives, positive_ids, negatives=None, negative_id
     return {"scores": scores, "positive_scores": positive_scores, "is_positive": is_positive, "usable": usable}
 
 
-def sampling_log_q(item_log_q, num_random: int | tf.Tensor, catalog_size: int) -> tf.Tensor:
-    """log Q of the candidates [b + n]: log b + item_log_q for the in-batch positives
-    (item_log_q [b] = log p_i, p_i the item's share of training positives) and
-    log n - log N for n uniform random items from a catalog of N."""
+def sampling_log_q(item_log_q, negative_log_q=None, catalog_size: int = 1) -> tf.Tensor:
+    """log Q of the candidates [b + n] under the union of the two samplers:
+    log(b * p_i + n / N) for every candidate i, with log p_i = item_log_q [b] for the
+    batch's positives and negative_log_q [n] (or None: no random items) for the random
+    catalog items; N = catalog_size."""
     item_log_q = tf.convert_to_tensor(item_log_q, tf.float32)
+    log_p = item_log_q
+    n = tf.constant(0.0)
+    if negative_log_q is not None:
+        negative_log_q = tf.convert_to_tensor(negative_log_q, tf.float32)
+        log_p = tf.concat([item_log_q, negative_log_q], axis=0)
+        n = tf.cast(tf.shape(negative_log_q)[0], tf.float32)
     b = tf.cast(tf.shape(item_log_q)[0], tf.float32)
-    in_batch = tf.math.log(b) + item_log_q
-    n = tf.cast(num_random, tf.float32)
-    random = tf.fill(tf.reshape(tf.cast(num_random, tf.int32), [1]), tf.math.log(n) - math.log(catalog_size))
-    return tf.concat([in_batch, random], axis=0)
+    in_batch = tf.math.log(b) + log_p
+    if negative_log_q is None:
+        return in_batch
+    uniform = tf.math.log(n) - math.log(catalog_size)
+    return tf.experimental.numpy.logaddexp(in_batch, uniform)
 
 
 def sampled_softmax_loss(
@@ -79,10 +99,11 @@ def sampled_softmax_loss(
     """Per-query softmax cross-entropy of the positive against the sampled candidates.
 
     Shapes as in `candidate_scores`; candidate_log_q [P] or None (no correction);
-    `hard_negatives` N > 0 appends N I_mix logits per query (see `hard_negative_mix`;
-    `alphas` [b, min(N, P)] fixes the draws). Returns loss [b]:
+    `hard_negatives` N > 0 appends N I_mix logits per query (the N usable candidates the
+    query scores highest, see `hard_negative_mix`; `alphas` [b, min(N, P)] fixes the
+    draws). Returns loss [b]:
       logit_j = <q, c_j> / tau - log Q(c_j), masked to -inf for accidental hits,
-      logit_mix = <q, I_mix> / tau,
+      logit_mix = alpha * logit_positive + (1 - alpha) * logit_hard,
       loss = logsumexp(positive, sampled negatives, mixes) - positive logit."""
     c = candidate_scores(query, positives, positive_ids, negatives, negative_ids)
     logits = c["scores"] / temperature
@@ -93,9 +114,12 @@ def sampled_softmax_loss(
     positive_logit = tf.reduce_sum(tf.where(c["is_positive"], logits, tf.zeros_like(logits)), axis=1)
     parts = [logits]
     if hard_negatives > 0:
-        mix = hard_negative_mix(c["scores"], c["positive_scores"], c["usable"], hard_negatives, mix_range, alphas)
-        mix_logits = mix["mix_scores"] / temperature
-        parts.append(tf.where(mix["valid"], mix_logits, tf.fill(tf.shape(mix_logits), NEG_INF)))
+        # Hardness is similarity to the query (raw scores); the mixture's logit mixes the
+        # corrected logits, so it sits between the positive and the hard negative.
+        safe = tf.where(keep, logits, tf.zeros_like(logits))
+        mix = hard_negative_mix(safe, positive_logit, c["usable"], hard_negatives, mix_range, alphas,
+                                select_by=c["scores"])
+        parts.append(tf.where(mix["valid"], mix["mix_scores"], tf.fill(tf.shape(mix["mix_scores"]), NEG_INF)))
     return tf.reduce_logsumexp(tf.concat(parts, axis=1), axis=1) - positive_logit
 
 
@@ -133,8 +157,9 @@ class RetrievalLoss:
     positive_ids, negatives, negative_ids, item_log_q)` -> scalar mean over the batch.
 
     Log-Q correction is applied when `config.log_q_correction` and `item_log_q` is given
-    (both candidate groups are corrected together, or neither, so their logits stay on
-    one scale)."""
+    (then random items need `negative_log_q`: both candidate groups are corrected
+    together, or neither, so their logits stay on one scale). With `config.score_scale`
+    s > 0 the towers' unit vectors score s * cos(q, i)."""
 
     def __init__(self, config, catalog_size: int):
         if config.log_q_correction and catalog_size <= 0:
@@ -142,7 +167,8 @@ class RetrievalLoss:
         self.config = config
         self.catalog_size = catalog_size
 
-    def per_example(self, query, positives, positive_ids, negatives=None, negative_ids=None, item_log_q=None, alphas=None):
+    def per_example(self, query, positives, positive_ids, negatives=None, negative_ids=None, item_log_q=None,
+                    alphas=None, negative_log_q=None):
         cfg = self.config
         n_hard = cfg.hard_negatives if cfg.use_mix else 0
         mix_range = (cfg.mix_a, cfg.mix_b)
@@ -158,10 +184,13 @@ class RetrievalLoss:
                 mix_range=mix_range,
                 alphas=alphas,
             )
+        if cfg.score_scale > 0:  # towers are L2-normalised: softmax scores are score_scale * cosine
+            query = query * cfg.score_scale
         log_q = None
         if cfg.log_q_correction and item_log_q is not None:
-            num_random = 0 if negatives is None else tf.shape(negatives)[0]
-            log_q = sampling_log_q(item_log_q, num_random, self.catalog_size)
+            if negatives is not None and negative_log_q is None:
+                raise ValueError(f"log-Q correction needs the random items' log q ({NEGATIVE_LOG_Q}) with them")
+            log_q = sampling_log_q(item_log_q, negative_log_q if negatives is not None else None, self.catalog_size)
         return sampled_softmax_loss(
             query,
             positives,

@@ -36,8 +36,10 @@ from model.layers import (
     MultiGrainedSemanticUnit,
     RealTimeBehaviour,
     ShortTermBehaviour,
+    tower_output,
+    trim_padding,
 )
-from model.loss import RetrievalLoss
+from model.loss import NEGATIVE_LOG_Q, RetrievalLoss
 
 # The paper's four long-term sequences (item ids, shops, leaf categories, brands).
 LONG_TERM_FIELDS = ("item_id", "shop", "leaf_cat", "brand")
@@ -50,23 +52,27 @@ class UserTower(tf.keras.Model):
     [b, 10, 8], rt_* [b, 50], st_* [b, 100], lt_* [b, 100] (lengths from features.spec;
     any length works, padding id 0 is masked everywhere).
 
-    Q_mgs [b, 6, d] -> H_real, H_short, H_long [b, 6, d] -> fusion -> [b, d]."""
+    Q_mgs [b, 6, d] -> H_real, H_short, H_long [b, 6, d] -> fusion -> [b, d], unit length
+    when `config.score_scale` > 0 (the score is then a scaled cosine)."""
 
     def __init__(self, config: MGDSPRConfig, embeddings: Embeddings, name: str = "user_tower", **kwargs):
         super().__init__(name=name, **kwargs)
         d, c = config.embedding_dim, config
         self.config = config
         self.embeddings = embeddings
+        drop = c.attention_dropout
         self.mgs = MultiGrainedSemanticUnit(
-            d, c.num_heads, c.transformer_ff_dim, c.query_transformer_layers, c.dropout, c.use_mgs, name="mgs"
+            d, c.num_heads, c.transformer_ff_dim, c.query_transformer_layers, drop, c.use_mgs, name="mgs"
         )
         self.behaviour = BehaviourEmbedding(d, name="behaviour_embedding")
-        self.real_time = RealTimeBehaviour(d, c.num_heads, c.lstm_layers, c.dropout, c.lstm_unroll, name="real_time")
-        self.short_term = ShortTermBehaviour(d, c.num_heads, c.dropout, name="short_term")
-        self.long_term = LongTermBehaviour(name="long_term")
+        self.real_time = RealTimeBehaviour(
+            d, c.num_heads, c.lstm_layers, c.dropout, c.lstm_unroll, drop, name="real_time"
+        )
+        self.short_term = ShortTermBehaviour(d, c.num_heads, drop, name="short_term")
+        self.long_term = LongTermBehaviour(d, len(LONG_TERM_FIELDS), name="long_term")
         if c.use_trm:
             self.fusion = FusionTransformer(
-                d, c.num_heads, c.transformer_ff_dim, c.fusion_transformer_layers, c.dropout, name="fusion"
+                d, c.num_heads, c.transformer_ff_dim, c.fusion_transformer_layers, drop, name="fusion"
             )
         else:
             self.fusion = ConcatFusion(d, name="fusion")
@@ -82,9 +88,18 @@ class UserTower(tf.keras.Model):
             inputs["his"], inputs["his_mask"] = emb(feats, "his_queries")
         return self.mgs(inputs, training=training)
 
+    def trimmed(self, feats: dict, prefix: str, fields) -> dict:
+        """The `prefix_*` sequences of `feats` cut to the batch's longest real one (same
+        outputs, less work); an unrolled LSTM needs the full static length."""
+        names = [f"{prefix}_{f}" for f in fields]
+        if self.config.lstm_unroll and prefix == "rt":
+            return {n: feats[n] for n in names}
+        return dict(zip(names, trim_padding(*(feats[n] for n in names))))
+
     def behaviours(self, feats: dict, prefix: str):
         """Behaviour vectors [b, L, d] and mask [b, L] of sequence `prefix` (rt, st)."""
-        fields = [self.embeddings.embed(feats, f"{prefix}_{f}") for f in ITEM_FIELDS]
+        seq = self.trimmed(feats, prefix, ITEM_FIELDS)
+        fields = [self.embeddings.embed(seq, f"{prefix}_{f}") for f in ITEM_FIELDS]
         return self.behaviour([e for e, _ in fields]), fields[0][1]
 
     def parts(self, feats: dict, training=None) -> dict:
@@ -92,7 +107,8 @@ class UserTower(tf.keras.Model):
         q = self.query_semantics(feats, training)
         rt, rt_mask = self.behaviours(feats, "rt")
         st, st_mask = self.behaviours(feats, "st")
-        lt = [self.embeddings.embed(feats, f"lt_{f}") for f in LONG_TERM_FIELDS]
+        long_term = self.trimmed(feats, "lt", LONG_TERM_FIELDS)
+        lt = [self.embeddings.embed(long_term, f"lt_{f}") for f in LONG_TERM_FIELDS]
         return {
             "q_mgs": q,
             "h_real": self.real_time(q, rt, rt_mask, training=training),
@@ -102,22 +118,24 @@ class UserTower(tf.keras.Model):
 
     def call(self, feats: dict, training=None):
         p = self.parts(feats, training)
-        return self.fusion([p["q_mgs"], p["h_real"], p["h_short"], p["h_long"]], training=training)
+        fused = self.fusion([p["q_mgs"], p["h_real"], p["h_short"], p["h_long"]], training=training)
+        return tower_output(fused, self.config.score_scale)
 
 
 class ItemTower(tf.keras.Model):
     """H_item = e_id + tanh(W_t * mean(title word embeddings)) [b, d] from a dict with
-    item_id [b] and title_words [b, 32] ids."""
+    item_id [b] and title_words [b, 32] ids, unit length when `config.score_scale` > 0."""
 
     def __init__(self, config: MGDSPRConfig, embeddings: Embeddings, name: str = "item_tower", **kwargs):
         super().__init__(name=name, **kwargs)
         self.embeddings = embeddings
+        self.score_scale = config.score_scale
         self.title = ItemTitleEncoder(config.embedding_dim, name="title")
 
     def call(self, feats: dict, training=None):
         e_id, _ = self.embeddings.embed(feats, "item_id")
         words, mask = self.embeddings.embed(feats, "title_words")
-        return self.title(e_id, words, mask)
+        return tower_output(self.title(e_id, words, mask), self.score_scale)
 
 
 class MGDSPR(tfrs.Model):
@@ -128,7 +146,7 @@ class MGDSPR(tfrs.Model):
       (ITEM_FEATURES), the batch's random catalog items `neg_<item feature>` [n, ...]
       (one set per batch, shared by all queries; may be absent), and optionally
       `item_log_q` [b] float32 = log of the positive item's share of training positives
-      (for log-Q correction).
+      and `neg_item_log_q` [n] the same of the random items (for log-Q correction).
     Compile with `make_optimizer(config)`: it clips the global gradient norm at
     `config.clip_norm`. The reported `loss` is a metric (mean over the epoch's steps), so
     it aggregates correctly under ParameterServerStrategy."""
@@ -192,6 +210,7 @@ class MGDSPR(tfrs.Model):
             negative_ids,
             item_log_q=inputs.get(ITEM_LOG_Q),
             alphas=alphas,
+            negative_log_q=inputs.get(NEGATIVE_LOG_Q) if negatives is not None else None,
         )
 
     def train_step(self, inputs):

@@ -40,14 +40,16 @@ def reference_softmax(x, tau=1.0, log_q=None, n_hard=0, alphas=None, hinge_margi
             s = float(q @ c)
             neg_scores.append(s)
             neg_logits.append(s / tau - log_q[j])
-        hard = sorted(neg_scores, reverse=True)[:n_hard]
-        mixes = [alphas[r][k] * pos_score + (1 - alphas[r][k]) * h for k, h in enumerate(hard)]
+        hard = sorted(range(len(neg_scores)), key=lambda k: -neg_scores[k])[:n_hard]
         if hinge_margin is not None:
+            mixes = [alphas[r][k] * pos_score + (1 - alphas[r][k]) * neg_scores[h] for k, h in enumerate(hard)]
             terms = [max(0.0, hinge_margin - pos_score + s) for s in neg_scores + mixes]
             losses.append(sum(terms) / len(terms))
             continue
         pos_logit = pos_score / tau - log_q[r]
-        logits = [pos_logit] + neg_logits + [m / tau for m in mixes]
+        # A mixture of the positive and a hard negative: the same mixture of their logits.
+        mixes = [alphas[r][k] * pos_logit + (1 - alphas[r][k]) * neg_logits[h] for k, h in enumerate(hard)]
+        logits = [pos_logit] + neg_logits + mixes
         losses.append(math.log(sum(math.exp(v) for v in logits)) - pos_logit)
     return np.array(losses)
 
@@ -83,22 +85,63 @@ def test_accidental_hits_are_removed_not_counted_as_negatives():
 def test_log_q_correction_matches_reference():
     x = batch()
     item_log_q = np.log(np.array([0.05, 0.01, 0.02, 0.05, 0.001], np.float32))
+    neg_log_q = np.log(np.array([0.0001, 0.02, 0.00001, 0.003], np.float32))
     catalog = 1000
-    log_q = sampling_log_q(tf.constant(item_log_q), 4, catalog).numpy()
+    log_q = sampling_log_q(tf.constant(item_log_q), tf.constant(neg_log_q), catalog).numpy()
     b, n = 5, 4
-    np.testing.assert_allclose(log_q[:b], np.log(b) + item_log_q, rtol=1e-6)
-    np.testing.assert_allclose(log_q[b:], np.full(n, np.log(n / catalog)), rtol=1e-6)
+    # One sample from two samplers: every candidate's expected count is b p_i + n / N.
+    p = np.exp(np.concatenate([item_log_q, neg_log_q]))
+    np.testing.assert_allclose(log_q, np.log(b * p + n / catalog), rtol=1e-5)
     expected = reference_softmax(x, 2.0, log_q=log_q)
     np.testing.assert_allclose(tf_loss(x, temperature=2.0, candidate_log_q=log_q), expected, rtol=1e-5)
-    # The configured loss applies the same correction from item_log_q.
-    cfg = MGDSPRConfig(temperature=2.0, use_mix=False)
+    # The configured loss applies the same correction from item_log_q and neg_item_log_q.
+    cfg = MGDSPRConfig(temperature=2.0, use_mix=False, score_scale=0)
     got = RetrievalLoss(cfg, catalog).per_example(
         x["query"], x["positives"], tf.constant(x["positive_ids"]), x["negatives"], tf.constant(x["negative_ids"]),
-        item_log_q=tf.constant(item_log_q),
+        item_log_q=tf.constant(item_log_q), negative_log_q=tf.constant(neg_log_q),
     )
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
     # Popular items are less of a negative once corrected: the loss changes.
     assert not np.allclose(expected, reference_softmax(x, 2.0))
+
+
+def test_log_q_without_the_random_items_popularity_is_an_error():
+    x = batch()
+    cfg = MGDSPRConfig(use_mix=False)
+    with pytest.raises(ValueError, match="neg_item_log_q"):
+        RetrievalLoss(cfg, 1000).per_example(
+            x["query"], x["positives"], tf.constant(x["positive_ids"]), x["negatives"], tf.constant(x["negative_ids"]),
+            item_log_q=tf.zeros([5]),
+        )
+
+
+def test_log_q_with_hard_negatives_matches_reference_and_ignores_a_constant_shift():
+    """Log-Q and I_mix together: the mixes are corrected like the logits they mix, so a
+    constant added to every log Q (a different but equivalent normalisation) changes
+    nothing, and the mixes keep their share of the denominator."""
+    x = batch()
+    alphas = np.random.default_rng(1).uniform(0.4, 0.6, size=(5, 3)).astype(np.float32)
+    log_q = np.log(np.array([0.05, 0.01, 0.02, 0.05, 0.001, 0.004, 0.01, 0.0002, 0.03]) * 5)
+    got = tf_loss(x, temperature=2.0, candidate_log_q=log_q, hard_negatives=3, alphas=alphas)
+    np.testing.assert_allclose(got, reference_softmax(x, 2.0, log_q=log_q, n_hard=3, alphas=alphas), rtol=1e-5)
+    shifted = tf_loss(x, temperature=2.0, candidate_log_q=log_q - 6.0, hard_negatives=3, alphas=alphas)
+    np.testing.assert_allclose(shifted, got, rtol=1e-5)
+    # The mixes' weight against the positive does not depend on the positive's own log Q.
+    no_mix = tf_loss(x, temperature=2.0, candidate_log_q=log_q)
+    no_mix_shifted = tf_loss(x, temperature=2.0, candidate_log_q=log_q - 6.0)
+    np.testing.assert_allclose(got - no_mix, shifted - no_mix_shifted, rtol=1e-4, atol=1e-6)
+
+
+def test_softmax_scores_are_scaled_cosines():
+    """score_scale s: the configured softmax scores s * <q, i> / tau on unit vectors."""
+    x = batch()
+    unit = {k: x[k] / np.linalg.norm(x[k], axis=1, keepdims=True) for k in ("query", "positives", "negatives")}
+    y = dict(x, **unit)
+    cfg = MGDSPRConfig(temperature=2.0, use_mix=False, log_q_correction=False, score_scale=20.0)
+    got = RetrievalLoss(cfg, 1000).per_example(
+        y["query"], y["positives"], tf.constant(y["positive_ids"]), y["negatives"], tf.constant(y["negative_ids"]),
+    ).numpy()
+    np.testing.assert_allclose(got, reference_softmax(dict(y, query=20.0 * y["query"]), 2.0), rtol=1e-5)
 
 
 def test_hard_negative_mix_in_the_denominator_matches_reference():
@@ -108,7 +151,8 @@ def test_hard_negative_mix_in_the_denominator_matches_reference():
     got = tf_loss(x, temperature=2.0, hard_negatives=3, alphas=alphas)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert np.all(got > tf_loss(x, temperature=2.0))  # more negatives, larger loss
-    cfg = MGDSPRConfig(temperature=2.0, hard_negatives=3, log_q_correction=False, batch_size=5, num_random_negatives=4)
+    cfg = MGDSPRConfig(temperature=2.0, hard_negatives=3, log_q_correction=False, batch_size=5, num_random_negatives=4,
+                       score_scale=0)
     configured = RetrievalLoss(cfg, 100).per_example(
         x["query"], x["positives"], tf.constant(x["positive_ids"]), x["negatives"], tf.constant(x["negative_ids"]),
         alphas=alphas,

@@ -51,7 +51,7 @@ def test_small_layers_shapes():
     np.testing.assert_allclose(weights.numpy().sum(-1), 1.0, rtol=1e-6)
     assert RealTimeBehaviour(D, HEADS)(queries, x, mask).shape == (B, 6, D)
     assert ShortTermBehaviour(D, HEADS)(queries, x, mask).shape == (B, 6, D)
-    assert LongTermBehaviour()(queries, [(x, mask), (x, mask), (x, mask), (x, mask)]).shape == (B, 6, D)
+    assert LongTermBehaviour(D)(queries, [(x, mask), (x, mask), (x, mask), (x, mask)]).shape == (B, 6, D)
     parts = [rand(B, 6, D, seed=i) for i in range(4)]
     assert FusionTransformer(D, HEADS, 32)(parts).shape == (B, D)
     assert ConcatFusion(D)(parts).shape == (B, D)
@@ -73,14 +73,39 @@ def test_multi_grained_semantic_unit_shape_and_parts(use_mgs):
     assert q.shape == (B, 6, D)
     q_seg = masked_mean(inputs["words"], inputs["words_mask"]).numpy()
     if not use_mgs:
-        np.testing.assert_allclose(q, np.repeat(q_seg[:, None], 6, axis=1), rtol=1e-6)
+        np.testing.assert_allclose(q, np.repeat(layer_norm(q_seg)[:, None], 6, axis=1), rtol=1e-4, atol=1e-5)
         return
-    np.testing.assert_allclose(q[:, 0], masked_mean(inputs["chars"], inputs["chars_mask"]).numpy(), rtol=1e-5)
-    np.testing.assert_allclose(q[:, 2], q_seg, rtol=1e-5)
-    np.testing.assert_allclose(q[:, 5], q[:, :5].sum(1), rtol=1e-4, atol=1e-5)  # q_mix is the sum
+    # Every row is its part, layer-normalised (gain 1, bias 0 at initialisation).
+    np.testing.assert_allclose(q[:, 0], layer_norm(masked_mean(inputs["chars"], inputs["chars_mask"]).numpy()),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(q[:, 2], layer_norm(q_seg), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(q[:, 5], layer_norm(q[:, :5].sum(1)), rtol=1e-4, atol=1e-4)  # q_mix: the sum
     assert np.allclose(q[2, 4], 0.0)  # no historical query: q_his_seq is zero
     # One earlier query: q_his_seq is that query's mean word vector.
-    np.testing.assert_allclose(q[1, 4], inputs["his"].numpy()[1, 0, :2].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(q[1, 4], layer_norm(inputs["his"].numpy()[1, 0, :2].mean(0)), rtol=1e-4, atol=1e-4)
+
+
+def layer_norm(x, eps=1e-6):
+    x = np.asarray(x, np.float64)
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
+
+
+def test_the_six_query_rows_are_on_one_scale():
+    """Means of a few embeddings (norm < 1) and a Transformer output (norm ~ sqrt(d)) must
+    not differ by an order of magnitude, or q_mix and every attention over the rows would
+    read one granularity only."""
+    d = 32
+    mgs = MultiGrainedSemanticUnit(d, HEADS, 64)
+    small = lambda *shape, seed: tf.constant(  # noqa: E731  (embedding rows: std 1/sqrt(d))
+        np.random.default_rng(seed).normal(scale=d**-0.5, size=shape).astype(np.float32))
+    inputs = {
+        "chars": small(B, 9, d, seed=1), "chars_mask": lengths_mask([9, 4, 6], 9),
+        "bigrams": small(B, 8, d, seed=2), "bigrams_mask": lengths_mask([8, 3, 5], 8),
+        "words": small(B, 5, d, seed=3), "words_mask": lengths_mask([5, 2, 3], 5),
+        "his": small(B, 4, 3, d, seed=4), "his_mask": tf.sequence_mask([[3, 1, 0, 0], [2, 2, 0, 0], [1, 0, 0, 0]], 3),
+    }
+    norms = np.linalg.norm(mgs(inputs).numpy(), axis=-1)  # [b, 6]
+    assert norms.max() / norms.min() < 1.5, norms
 
 
 def test_zero_attention_sends_irrelevant_history_to_the_zero_vector():
@@ -100,7 +125,10 @@ def test_zero_attention_sends_irrelevant_history_to_the_zero_vector():
     assert np.allclose(empty.numpy(), 0.0)  # an empty history gives exactly nothing
     np.testing.assert_allclose(out.numpy(), empty.numpy(), atol=1e-5)
     # The same through the long-term branch: irrelevant history == no history.
-    lt = LongTermBehaviour()
+    lt = LongTermBehaviour(D)
+    lt(tf.constant(q), [(tf.constant(v), mask)] * 4)
+    for dense in lt.projections:  # identity projections: the values as constructed
+        dense.set_weights([np.eye(D, dtype=np.float32), np.zeros(D, np.float32)])
     irrelevant = lt(tf.constant(q), [(tf.constant(v), mask)] * 4).numpy()
     nothing = lt(tf.constant(q), [(tf.constant(v), lengths_mask([0, 0], 5))] * 4).numpy()
     np.testing.assert_allclose(irrelevant, nothing, atol=1e-5)
@@ -189,6 +217,33 @@ def test_dropout_is_active_only_in_training():
     a = model.user_tower(ids, training=False).numpy()
     np.testing.assert_allclose(model.user_tower(ids, training=False).numpy(), a)
     assert not np.allclose(model.user_tower(ids, training=True).numpy(), a)
+
+
+def test_dropout_sits_on_the_real_time_lstm_only_by_default():
+    """As in the paper: a query and its history without a real-time session train without
+    dropout (no dropped attention over 1-3 words, no dropped [CLS]); attention_dropout
+    turns it on everywhere."""
+    model = build_model(MGDSPRConfig(**TINY), SIZES)
+    ids = random_ids(model)
+    for field in ("item_id", "leaf_cat", "top_cat", "brand", "shop"):
+        ids[f"rt_{field}"] = tf.zeros_like(ids[f"rt_{field}"])
+    np.testing.assert_allclose(model.user_tower(ids, training=True).numpy(),
+                               model.user_tower(ids, training=False).numpy(), rtol=1e-5, atol=1e-6)
+    dropping = build_model(MGDSPRConfig(**TINY, attention_dropout=0.3), SIZES)
+    assert not np.allclose(dropping.user_tower(ids, training=True).numpy(), dropping.user_tower(ids, training=False).numpy())
+
+
+@pytest.mark.parametrize("ablation", ["mgdspr", "no_trm", "no_mgs", "mlp"])
+def test_towers_give_unit_vectors_so_scores_are_scaled_cosines(ablation):
+    """The logit range is score_scale / tau whatever the last layer (a LayerNorm gives
+    norm sqrt(d), a dense layer anything): the full model and its ablations differ in
+    their architecture only."""
+    model = build_model(MGDSPRConfig(**TINY, **ABLATIONS[ablation]), SIZES)
+    ids = random_ids(model)
+    for tower in (model.user_tower, model.item_tower):
+        np.testing.assert_allclose(np.linalg.norm(tower(ids, training=False).numpy(), axis=-1), 1.0, rtol=1e-5)
+    raw = build_model(MGDSPRConfig(**TINY, **ABLATIONS[ablation], score_scale=0), SIZES)
+    assert not np.allclose(np.linalg.norm(raw.user_tower(ids, training=False).numpy(), axis=-1), 1.0, rtol=1e-3)
 
 
 def test_item_embeddings_are_shared_with_behaviours():
