@@ -45,7 +45,7 @@ else ifneq ($(CLUSTER),)
 	$(error CLUSTER=$(CLUSTER): the only cluster is k8s; without CLUSTER, make train trains on this machine)
 else
 	$(PY) -m ebr.demo --scale $(SCALE) --seed $(SEED) --data $(DATA) --until data $(VFLAG)
-	$(EBR) $(VFLAG) train --data $(DATA)/$(SCALE)/processed --model-dir runs/$(SCALE) --cluster local-ps
+	$(EBR) $(VFLAG) train --data $(DATA)/$(SCALE)/processed --model-dir runs/$(SCALE) --cluster local-ps --config quick
 	$(EBR) $(VFLAG) eval --data $(DATA)/$(SCALE)/processed --model-dir runs/$(SCALE) --out reports/$(SCALE)
 endif
 

@@ -1,13 +1,20 @@
 """Reproduce the paper's comparison on a synthetic world: MGDSPR against the alpha-DNN
-baseline (an MLP user tower) and the ablations, each trained with the same step budget and
-seeds, evaluated the same way (Recall@K, P_good@K, filter pass share@K on the test day).
+baseline (an MLP user tower) and the ablations, each trained until its validation recall
+stops improving, over several seeds, evaluated the same way (Recall@K, P_good@K beside its
+ceiling, filter pass share@K, overall and per slice) on the test day's report searches.
 
     python -m benchmarks.reproduce --data data --out reports               # make reproduce
-    python -m benchmarks.reproduce --data data --out reports --steps 200 --variants mgdspr,mlp
+    python -m benchmarks.reproduce --data data --out reports --variants mgdspr,mlp --model-seeds 0 --max-steps 500
 
-Writes OUT/reproduce.md (a table like the paper's) and OUT/reproduce.json (every metric,
-the seeds, step counts, configs and timings); each run's model dir, training log and
-metrics stay under RUNS/<variant>/ (default runs/reproduce/).
+Every run is `python -m benchmarks.convergence` in its own process (see there for the
+validation/report split and the plateau rule); its run.json stays under
+RUNS/<variant>-seed<s>/ (default runs/reproduce/) and is reused on a rerun unless
+`--fresh`, so an interrupted comparison resumes where it stopped. Runs go seed by seed
+(every variant's seed 0 first), so a partial comparison still covers every variant.
+
+Writes OUT/reproduce.md (the tables, mean and spread over seeds, per slice, the paper's
+figures beside ours), OUT/reproduce.json (every run's metrics and curve; paths relative
+to the repository) and OUT/reproduce_curves.png (training loss and validation recall).
 """
 from __future__ import annotations
 
@@ -29,104 +36,124 @@ DESCRIPTIONS = {
     "no_mix": "without relevance-improving hard negatives (I_mix)",
     "hinge": "pairwise hinge loss instead of softmax",
 }
-# A budget that trains every variant in a few minutes on 2 CPU cores; the paper's sizes
-# (d = 128, batch 256, 684 hard negatives) would take hours here.
-DEFAULT_STEPS = 600
-DEFAULT_OVERRIDES = ("embedding_dim=64", "transformer_ff_dim=128", "batch_size=128",
-                     "num_random_negatives=256", "hard_negatives=256")
+# What the paper reports for each row against the one above it in its ablation (its
+# directions; the one number it gives is MGDSPR against the baseline at K = 1000).
+PAPER = {
+    "mlp": "the baseline",
+    "mgdspr": "Recall@1000 +2.5 points, good rate +13.3% over the baseline",
+    "no_mgs": "mgs raises recall and relevance: removing it lowers both",
+    "no_trm": "trm raises recall and relevance: removing it lowers both",
+    "tau1": "tau = 2 trades a little recall for much more relevance: tau = 1 has a little more recall, less relevance",
+    "no_mix": "I_mix trades a little recall for much more relevance: without it, a little more recall, less relevance",
+    "hinge": "softmax above the pairwise hinge",
+}
+PAPER_MARGINS = {"recall_points": 2.5, "p_good_relative": 0.133}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.reproduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data", help="data root: the world is DATA/SCALE/{raw,processed} (made if missing)")
-    p.add_argument("--out", default="reports", help="where reproduce.md and reproduce.json go")
+    p.add_argument("--out", default="reports", help="where reproduce.md, reproduce.json and reproduce_curves.png go")
     p.add_argument("--runs", default=os.path.join("runs", "reproduce"),
-                   help="where each variant's model dir, logs and metrics go (default runs/reproduce)")
-    p.add_argument("--scale", default="small", help="synthetic world scale (default small)")
+                   help="where each run's run.json and log go (default runs/reproduce)")
+    p.add_argument("--scale", default="medium",
+                   help="synthetic world scale (default medium: 30,000 items, so K = 1000 is 3.3%% of the pool)")
     p.add_argument("--seed", type=int, default=7, help="world seed (default 7)")
-    p.add_argument("--model-seeds", default="0,1",
-                   help="model/training seeds, each variant trains once per seed; tables show the mean (default 0,1)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps per variant (default {DEFAULT_STEPS})")
+    p.add_argument("--model-seeds", default="0,1,2", help="model/training seeds; tables show mean and spread (default 0,1,2)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
-    p.add_argument("--cluster", default="single", choices=["single", "local-ps"],
-                   help="how each variant trains (default single: the fastest on one small machine)")
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
-                   help="config overrides for every variant (default: " + " ".join(DEFAULT_OVERRIDES) + ")")
-    p.add_argument("--fresh", action="store_true", help="retrain every variant (default: reuse finished runs)")
-    p.add_argument("--k", default="10,50,200,1000", help="cut-offs (default 10,50,200,1000)")
+    p.add_argument("--config", default="quick", help="base config of every variant: a preset or a JSON file (default quick)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every variant")
+    p.add_argument("--eval-every", type=int, default=250, help="steps between validation evaluations (default 250)")
+    p.add_argument("--patience", type=int, default=3, help="evaluations without a gain before a run stops (default 3)")
+    p.add_argument("--max-steps", type=int, default=5000, help="a run's step limit without a plateau (default 5000)")
+    p.add_argument("--fresh", action="store_true", help="retrain every run (default: reuse finished runs)")
+    p.add_argument("--k", default="50,200,1000", help="cut-offs (default 50,200,1000)")
     return p.parse_args(argv)
 
 
-def _run(cmd: list[str], log_path: str) -> float:
-    t0 = time.time()
-    with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    if proc.returncode != 0:
-        with open(log_path, encoding="utf-8") as f:
-            tail = f.read()[-3000:]
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); log {log_path}:\n{tail}")
-    return time.time() - t0
+def relative(path: str) -> str:
+    """A path as the report records it: relative to the repository when inside it."""
+    full = os.path.abspath(path)
+    return os.path.relpath(full, REPO) if full.startswith(REPO + os.sep) else path
 
 
-def run_variant(name: str, seed: int, processed: str, args, overrides: list[str]) -> dict:
+def run_variant(name: str, seed: int, processed: str, args) -> dict:
     from model.config import ABLATIONS
 
     if name not in ABLATIONS:
         raise ValueError(f"unknown variant {name!r}; known: {sorted(ABLATIONS)}")
     run_dir = os.path.join(args.runs, f"{name}-seed{seed}")
-    model_dir = os.path.join(run_dir, "model")
-    os.makedirs(run_dir, exist_ok=True)
+    result = os.path.join(run_dir, "run.json")
     ablation = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in ABLATIONS[name].items()]
-    settings = list(overrides) + [f"seed={seed}"] + ablation
-    ebr = [sys.executable, "-m", "ebr"]
-    _run(ebr + ["train", "--data", processed, "--model-dir", model_dir, "--cluster", args.cluster,
-                "--steps", str(args.steps), "--checkpoint-steps", str(max(1, args.steps // 4)),
-                "--no-progress", *(["--fresh"] if args.fresh else []), "--set", *settings],
-         os.path.join(run_dir, "train.log"))
-    eval_s = _run(ebr + ["eval", "--data", processed, "--model-dir", model_dir, "--out", run_dir, "--k", args.k],
-                  os.path.join(run_dir, "eval.log"))
-    with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
-        metrics = json.load(f)
-    with open(os.path.join(model_dir, "train_info.json"), encoding="utf-8") as f:
-        info = json.load(f)
-    return {
-        "variant": name,
-        "seed": seed,
-        "settings": settings,
-        "steps": info["steps"],
-        "final_loss": info["losses"][-1] if info.get("losses") else None,
-        "train_seconds": info.get("train_seconds"),
-        "examples_per_sec": info.get("examples_per_sec"),
-        "eval_seconds": round(eval_s, 1),
-        "metrics": metrics,
-    }
-
-
-def aggregate(runs: list[dict]) -> dict:
-    """One variant's runs over seeds -> mean metrics (and the per-seed values)."""
-    import numpy as np
-
-    first = runs[0]
-    out = {"variant": first["variant"], "description": DESCRIPTIONS.get(first["variant"], first["variant"]),
-           "seeds": [r["seed"] for r in runs], "steps": first["steps"], "metrics": {}, "per_seed": runs}
-    for key in ("recall", "p_good", "filter_pass"):
-        out["metrics"][key] = {}
-        for k in first["metrics"][key]:
-            vals = [r["metrics"][key][k] for r in runs if r["metrics"][key][k] is not None]
-            out["metrics"][key][k] = float(np.mean(vals)) if vals else None
-    losses = [r["final_loss"] for r in runs if r["final_loss"] is not None]
-    out["final_loss"] = float(np.mean(losses)) if losses else None
-    out["train_seconds"] = float(np.mean([r["train_seconds"] or 0 for r in runs]))
-    out["eval_seconds"] = float(np.mean([r["eval_seconds"] for r in runs]))
-    return out
-
-
-def _pct(v):
-    return "-" if v is None else f"{100 * v:.2f}"
+    settings = list(args.overrides) + [f"seed={seed}"] + ablation
+    if args.fresh or not os.path.exists(result):
+        os.makedirs(run_dir, exist_ok=True)
+        cmd = [sys.executable, "-m", "benchmarks.convergence", "--data", processed, "--out", run_dir,
+               "--config", args.config, "--eval-every", str(args.eval_every), "--patience", str(args.patience),
+               "--max-steps", str(args.max_steps), "--k", args.k, "--set", *settings]
+        log_path = os.path.join(run_dir, "run.log")
+        with open(log_path, "w", encoding="utf-8") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        if proc.returncode != 0:
+            with open(log_path, encoding="utf-8") as f:
+                tail = f.read()[-3000:]
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); log {log_path}:\n{tail}")
+    with open(result, encoding="utf-8") as f:
+        run = json.load(f)
+    return {"variant": name, "seed": seed, "settings": settings, "run_dir": relative(run_dir), **run}
 
 
 METRICS = (("recall", "Recall@K"), ("p_good", "P_good@K"), ("filter_pass", "filter pass share@K"))
+
+
+def _stats(values) -> dict | None:
+    import numpy as np
+
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, "n": len(vals)}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """One variant's runs over seeds -> mean and spread (sample std) of every metric,
+    overall and per slice, and the per-seed runs."""
+    first = runs[0]
+    ks = [str(k) for k in first["metrics"]["k"]]
+    out = {"variant": first["variant"], "description": DESCRIPTIONS.get(first["variant"], first["variant"]),
+           "paper": PAPER.get(first["variant"], ""), "seeds": [r["seed"] for r in runs], "metrics": {},
+           "slices": {}, "per_seed": runs}
+    for key in ("recall", "p_good", "p_good_ceiling", "filter_pass"):
+        out["metrics"][key] = {k: _stats([r["metrics"][key].get(k) for r in runs]) for k in ks}
+    for name in first["metrics"].get("slices", {}):
+        entry = {"searches": first["metrics"]["slices"][name]["searches"]}
+        for key in ("recall", "p_good", "p_good_ceiling"):
+            entry[key] = {k: _stats([r["metrics"]["slices"][name][key].get(k) for r in runs]) for k in ks}
+        out["slices"][name] = entry
+    out["steps"] = _stats([r["steps"] for r in runs])
+    out["best_step"] = _stats([r["best_step"] for r in runs])
+    out["train_seconds"] = _stats([r["train_seconds"] for r in runs])
+    out["plateaued"] = sum(bool(r["plateau"]) for r in runs)
+    return out
+
+
+def _cell(st) -> str:
+    if st is None:
+        return "-"
+    text = f"{100 * st['mean']:.2f}"
+    if st["n"] > 1:
+        text += f" ± {100 * st['std']:.2f}"
+    return text
+
+
+SLICE_TEXT = {
+    "unseen_word": "queries with a word not in the training vocabulary (characters and bigrams must carry them)",
+    "long_history": "users with >= 50 long-term behaviours (personalisation)",
+    "branded": "queries that name a brand",
+}
 
 
 def markdown(report: dict) -> str:
@@ -137,101 +164,166 @@ def markdown(report: dict) -> str:
         "",
         f"World: `{report['world']}` (scale {report['scale']}, seed {report['world_seed']}): "
         f"{report['examples_train']} training examples, {report['items']} items in the pool, "
-        f"{report['searches']} test searches. Every variant: {report['steps']} steps per run, one run per "
-        f"model seed {report['model_seeds']} (tables: the mean over seeds), cluster `{report['cluster']}`, "
-        f"settings `{' '.join(report['overrides'])}`.",
+        f"{report['report_searches']} report searches of the test day (a fifth more decide when to stop). "
+        f"Config `{report['config']}`{' with ' + ' '.join(report['overrides']) if report['overrides'] else ''}; "
+        f"model seeds {report['model_seeds']}; each run trains until validation Recall@{report['monitor_k']} gains "
+        f"less than 0.2 points in {report['patience']} evaluations {report['eval_every']} steps apart "
+        f"(at most {report['max_steps']} steps) and keeps its best weights.",
         "",
-        "Percent. Recall@K: share of a test search's clicked/purchased items in its top-K out of the "
-        "whole pool. P_good@K: share of the top-K relevant to the query by the generator's ground truth "
-        "(leaf category, and brand when the query names one). Filter pass: share of the top-K that "
-        "survive the brand/category relevance control (our Num_prank).",
+        "Percent, mean ± sample standard deviation over seeds. Recall@K: share of a test search's "
+        "clicked/purchased items in its top-K out of the whole pool. P_good@K: share of the top-K relevant "
+        "to the query by the generator's ground truth (leaf category, and brand when the query names one); "
+        "its ceiling is what a perfect model would score, min(K, relevant items in the pool) / K per query. "
+        "Filter pass: share of the top-K that survive the brand/category relevance control (our Num_prank).",
     ]
     for key, title in METRICS:
         lines += ["", f"## {title}", "", "| variant | " + " | ".join(f"K={k}" for k in ks) + " |",
                   "|---|" + "---:|" * len(ks)]
         for r in report["results"]:
             m = r["metrics"][key]
-            lines.append(f"| {r['variant']}: {r['description']} | " + " | ".join(_pct(m.get(k)) for k in ks) + " |")
-    mid = ks[len(ks) // 2 - 1] if len(ks) > 1 else ks[0]
-    seeds = report["model_seeds"]
-    lines += ["", f"## Per seed (Recall@{mid} / P_good@{mid}), training", "",
-              "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | final loss | train s per run |",
-              "|---|" + "---:|" * (len(seeds) + 2)]
+            lines.append(f"| {r['variant']}: {r['description']} | " + " | ".join(_cell(m.get(k)) for k in ks) + " |")
+        if key == "p_good":
+            ceiling = report["results"][0]["metrics"]["p_good_ceiling"]
+            lines.append("| *ceiling (a perfect model)* | " + " | ".join(_cell(ceiling.get(k)) for k in ks) + " |")
+    slices = report["results"][0]["slices"] if report["results"] else {}
+    for name, entry in slices.items():
+        lines += ["", f"## Slice: {SLICE_TEXT.get(name, name)} ({entry['searches']} searches)", "",
+                  "| variant | " + " | ".join(f"Recall@{k}" for k in ks) + " | " + " | ".join(f"P_good@{k}" for k in ks) + " |",
+                  "|---|" + "---:|" * (2 * len(ks))]
+        for r in report["results"]:
+            sl = r["slices"].get(name, {})
+            lines.append(f"| {r['variant']} | " + " | ".join(_cell(sl.get("recall", {}).get(k)) for k in ks) + " | "
+                         + " | ".join(_cell(sl.get("p_good", {}).get(k)) for k in ks) + " |")
+    lines += ["", "## Training", "", "| variant | steps (mean) | best step (mean) | runs that plateaued | train s per run |",
+              "|---|---:|---:|---:|---:|"]
     for r in report["results"]:
-        cells = [f"{_pct(p['metrics']['recall'].get(mid))} / {_pct(p['metrics']['p_good'].get(mid))}" for p in r["per_seed"]]
-        loss = "-" if r["final_loss"] is None else f"{r['final_loss']:.3f}"
-        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {loss} | {r['train_seconds']:.0f} |")
-    if "mlp" in rows and "mgdspr" in rows:
-        m, b = rows["mgdspr"]["metrics"], rows["mlp"]["metrics"]
+        lines.append(f"| {r['variant']} | {r['steps']['mean']:.0f} | {r['best_step']['mean']:.0f} | "
+                     f"{r['plateaued']} of {len(r['per_seed'])} | {r['train_seconds']['mean']:.0f} |")
+    lines += ["", "Curves: [reproduce_curves.png](reproduce_curves.png).", "",
+              "## Beside the paper", "",
+              "| variant | what the paper reports | here, Recall@" + ks[-1] + " / P_good@" + ks[-1] + " vs MGDSPR |",
+              "|---|---|---|"]
+    full = rows.get("mgdspr")
+    for r in report["results"]:
+        here = "-"
+        if full is not None and r is not full:
+            dr = r["metrics"]["recall"][ks[-1]]["mean"] - full["metrics"]["recall"][ks[-1]]["mean"]
+            pg, fpg = r["metrics"]["p_good"][ks[-1]], full["metrics"]["p_good"][ks[-1]]
+            dp = f"{100 * (pg['mean'] / fpg['mean'] - 1):+.1f}%" if pg and fpg and fpg["mean"] else "-"
+            here = f"{100 * dr:+.2f} points / {dp}"
+        lines.append(f"| {r['variant']} | {r['paper']} | {here} |")
+    if "mlp" in rows and full is not None:
+        m, b = full["metrics"], rows["mlp"]["metrics"]
         lines += ["", "## MGDSPR against the baseline", "",
-                  "Paper (Taobao, 10^8 items, K = 1000): Recall +2.5 points, good rate +13.3%, "
-                  "items entering pre-rank +6.0%. Here:", "",
+                  f"Paper (Taobao, 10^8 items, K = 1000): Recall +{PAPER_MARGINS['recall_points']} points, good rate "
+                  f"+{100 * PAPER_MARGINS['p_good_relative']:.1f}%. Here:", "",
                   "| K | Recall (points) | P_good (relative) | filter pass (relative) |", "|---:|---:|---:|---:|"]
         for k in ks:
             def pts(key):
                 if m[key].get(k) is None or b[key].get(k) is None:
                     return "-"
-                return f"{100 * (m[key][k] - b[key][k]):+.2f}"
+                return f"{100 * (m[key][k]['mean'] - b[key][k]['mean']):+.2f}"
 
             def rel(key):
-                if not b[key].get(k) or m[key].get(k) is None:
+                if not b[key].get(k) or not b[key][k]["mean"] or m[key].get(k) is None:
                     return "-"
-                return f"{100 * (m[key][k] / b[key][k] - 1):+.1f}%"
+                return f"{100 * (m[key][k]['mean'] / b[key][k]['mean'] - 1):+.1f}%"
 
             lines.append(f"| {k} | {pts('recall')} | {rel('p_good')} | {rel('filter_pass')} |")
-    lines += ["", f"Wall time: {report['seconds']:.0f} s on {report['machine']}.", ""]
+    lines += ["", f"Wall time: {report['seconds'] / 60:.0f} min for the runs made in this invocation "
+              f"({report['runs_made']} of {report['runs']}; the others were reused) on {report['machine']}.", ""]
     return "\n".join(lines)
+
+
+def plot_curves(results: list[dict], path: str) -> None:
+    """Training loss and validation recall against steps, mean over seeds per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in results:
+        curves = [p["curve"] for p in r["per_seed"]]
+        steps = sorted({c["step"] for curve in curves for c in curve})
+        for ax, key in ((ax_loss, "loss"), (ax_val, "val_recall")):
+            ys = [np.nanmean([c[key] for curve in curves for c in curve if c["step"] == st]) for st in steps]
+            ax.plot(steps, ys, marker=".", label=r["variant"])
+    ax_loss.set_title("training loss (mean over seeds)")
+    ax_val.set_title("validation Recall@200 (mean over seeds)")
+    for ax in (ax_loss, ax_val):
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
     from benchmarks.machine import summary
 
     import features  # noqa: F401
-    from pipeline.prepare import prepare_data
+    from model.config import load_config
     from model.evaluate import parse_ks
+    from pipeline.prepare import prepare_data
 
     args = parse_args(argv)
-    parse_ks(args.k)  # a bad --k fails now, not after the first training run
+    parse_ks(args.k)  # a bad --k or config fails now, not after the first training run
+    load_config(args.config, args.overrides)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    overrides = list(args.overrides) if args.overrides is not None else list(DEFAULT_OVERRIDES)
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {','.join(VARIANTS)}")
+    seeds = [int(x) for x in str(args.model_seeds).split(",") if x.strip()]
+    if not seeds:
+        raise SystemExit("--model-seeds needs at least one seed")
     t0 = time.time()
     raw, processed, stats = prepare_data(args.data, args.scale, args.seed)
     os.makedirs(args.out, exist_ok=True)
-    seeds = [int(x) for x in str(args.model_seeds).split(",") if x.strip()]
-    if not seeds:
-        raise ValueError("--model-seeds needs at least one seed")
-    jobs = [(v, s) for v in variants for s in seeds]
+    jobs = [(v, s) for s in seeds for v in variants]  # seed-major: a partial run covers every variant
     runs: dict[str, list[dict]] = {v: [] for v in variants}
+    made = 0
     from tqdm import tqdm
 
     bar = tqdm(jobs, desc="runs", unit="run")
     for name, seed in bar:
         bar.set_postfix_str(f"{name} seed {seed}")
-        r = run_variant(name, seed, processed, args, overrides)
+        existed = os.path.exists(os.path.join(args.runs, f"{name}-seed{seed}", "run.json"))
+        r = run_variant(name, seed, processed, args)
+        made += args.fresh or not existed
         runs[name].append(r)
         m = r["metrics"]
-        bar.write(f"{name:>8} seed {seed}: " + "  ".join(f"R@{k} {m['recall'][str(k)]:.4f}" for k in m["k"])
-                  + "  " + "  ".join(f"P_good@{k} {m['p_good'][str(k)] or 0:.4f}" for k in m["k"]))
+        bar.write(f"{name:>8} seed {seed}: {r['steps']} steps (best {r['best_step']})  "
+                  + "  ".join(f"R@{k} {m['recall'][str(k)]:.4f}" for k in m["k"]) + "  "
+                  + "  ".join(f"P_good@{k} {m['p_good'][str(k)] or 0:.4f}" for k in m["k"]))
     results = [aggregate(runs[v]) for v in variants]
-    first = results[0]["per_seed"][0]["metrics"]
+    first = results[0]["per_seed"][0]
     report = {
-        "world": os.path.abspath(processed),
+        "world": relative(processed),
         "scale": args.scale,
         "world_seed": args.seed,
         "model_seeds": seeds,
-        "steps": args.steps,
-        "cluster": args.cluster,
-        "overrides": overrides,
-        "k": first["k"],
-        "items": first["items"],
-        "searches": first["searches"],
+        "config": args.config,
+        "overrides": list(args.overrides),
+        "eval_every": args.eval_every,
+        "patience": args.patience,
+        "max_steps": args.max_steps,
+        "monitor_k": 200,
+        "k": first["metrics"]["k"],
+        "items": first["metrics"]["items"],
+        "report_searches": first["report_searches"],
         "examples_train": stats.get("examples_train"),
         "results": results,
+        "runs": len(jobs),
+        "runs_made": int(made),
         "seconds": round(time.time() - t0, 1),
         "machine": summary(),
     }
     with open(os.path.join(args.out, "reproduce.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, ensure_ascii=False)
+        json.dump(report, f, indent=1, ensure_ascii=False)
+    plot_curves(results, os.path.join(args.out, "reproduce_curves.png"))
     text = markdown(report)
     with open(os.path.join(args.out, "reproduce.md"), "w", encoding="utf-8") as f:
         f.write(text)

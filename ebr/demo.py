@@ -168,7 +168,7 @@ def story(args, verbose: bool) -> int:
     flag = ["-v"] if verbose else []
     print(f"\n[3/6] training MGDSPR for {args.train_steps} steps on an in-process parameter-server cluster "
           f"(2 workers, 2 ps) into {run_dir}", flush=True)
-    run([*flag, "train", "--data", processed, "--model-dir", run_dir, "--cluster", "local-ps",
+    run([*flag, "train", "--data", processed, "--model-dir", run_dir, "--cluster", "local-ps", "--config", "quick",
          "--steps", args.train_steps, "--checkpoint-steps", 20,  # progress moves every 20 steps on PS
          *(["--set", *args.overrides] if args.overrides else [])])
     if not os.path.isdir(os.path.join(exports, "1")):

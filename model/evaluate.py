@@ -97,6 +97,26 @@ class Truth:
 
         return self.queries.get(normalize(text))
 
+    def pool_counts(self, fields) -> tuple[dict, dict]:
+        """(items per leaf, items per (leaf, brand)) of a pool (its raw fields), by the
+        items' true attributes: how many relevant items a query can find there."""
+        from collections import Counter
+
+        leafs, brands = Counter(), Counter()
+        for item_id, leaf, brand in zip(fields["item_id"], fields["leaf_cat"], fields["brand"]):
+            t = self.items.get(str(item_id))
+            if t is not None:
+                leaf, brand = t.get("leaf_category", leaf), t.get("brand", brand) or ""
+            leafs[leaf] += 1
+            brands[(leaf, brand)] += 1
+        return dict(leafs), dict(brands)
+
+    def relevant_in_pool(self, q: dict, counts: tuple[dict, dict]) -> int:
+        """Items of the pool relevant to query intent `q` (`counts` from `pool_counts`)."""
+        leafs, brands = counts
+        want = q.get("brand") or ""
+        return brands.get((q["leaf_category"], want), 0) if want else leafs.get(q["leaf_category"], 0)
+
     def relevant(self, q: dict, item_id: str, leaf_cat: str, brand: str) -> bool:
         """The item's leaf category is the query's, and so is its brand when the query names one."""
         t = self.items.get(item_id)
@@ -144,9 +164,13 @@ def embed_items(model, data_dir: str, batch_size: int = 1024):
     return emb, fields
 
 
-def embed_searches(model, data_dir: str, batch_size: int = 256):
+def embed_searches(model, data_dir: str, batch_size: int = 256, select=None, info: list | None = None):
     """User tower over the test window, one row per search: (embeddings [S, d], queries [S],
-    positives: list of S sets of item ids). Examples are grouped by search_id."""
+    positives: list of S sets of item ids). Examples are grouped by search_id.
+
+    `select(search_id) -> bool` keeps a subset of the searches; a list passed as `info`
+    receives one dict per search: search_id, query_words (tuple) and long_term (how many
+    long-term behaviours the user had), for slicing the metrics."""
     import numpy as np
     import tensorflow as tf
 
@@ -166,18 +190,25 @@ def embed_searches(model, data_dir: str, batch_size: int = 256):
         qs = [s.decode("utf-8") for s in raw["query"].numpy()]
         new, seen = [], set()
         for i, s in enumerate(sids):  # the first example of each search carries its user features
-            if s not in index and s not in seen:
+            if s not in index and s not in seen and (select is None or select(s)):
                 seen.add(s)
                 new.append(i)
         if new:
             user = {k: tf.gather(v, new) for k, v in lookup({k: raw[k] for k in USER_FEATURE_NAMES}).items()}
             embs.append(model.user_tower(user, training=False).numpy())
+            if info is not None:
+                words = raw["query_words"].numpy()
+                long_term = (raw["lt_item_id"].numpy() != b"").sum(axis=1)
             for i in new:
                 index[sids[i]] = len(queries)
                 queries.append(qs[i])
                 positives.append(set())
+                if info is not None:
+                    info.append({"search_id": sids[i], "long_term": int(long_term[i]),
+                                 "query_words": tuple(w.decode("utf-8") for w in words[i] if w)})
         for s, it in zip(sids, items):
-            positives[index[s]].add(it)
+            if s in index:
+                positives[index[s]].add(it)
     if not embs:
         raise ValueError(f"no test examples in {data_dir}/test")
     return np.concatenate(embs).astype(np.float32), queries, positives
@@ -201,12 +232,15 @@ def top_k(users, items, k: int, batch_size: int = 256):
 # Metrics
 
 
-def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, intents=None) -> dict:
+def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, intents=None, slices=None) -> dict:
     """Recall@K, P_good@K and filter pass share@K, averaged over searches.
 
     topk [S, >= max(ks)] item indices; item_fields: raw string arrays [N]; queries [S];
     positives: S sets of item ids. P_good is averaged over searches whose query has ground
-    truth; the filter pass share over all searches (a query without intents passes all)."""
+    truth, beside its ceiling `p_good_ceiling`: per query min(K, relevant items in the
+    pool) / K, the best any model could score. The filter pass share is over all searches
+    (a query without intents passes all). `slices` {name: [S] bool} adds `slices[name]`
+    with the same metrics over that subset of the searches."""
     import numpy as np
 
     ids, brands, leafs, tops = (item_fields[k] for k in ("item_id", "brand", "leaf_cat", "top_cat"))
@@ -214,20 +248,31 @@ def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, int
     ks = [k for k in ks if k <= kmax] or [kmax]
     recall = {k: [] for k in ks}
     good = {k: [] for k in ks}
+    ceiling = {k: [] for k in ks}
     passed = {k: [] for k in ks}
+    rows = {"recall": [], "p_good": [], "p_good_ceiling": []}  # per search, for slices
+    counts = truth.pool_counts(item_fields) if truth is not None else None
     with_truth = with_intent = 0
     for s, (row, query, pos) in enumerate(zip(topk, queries, positives)):
         got = ids[row]
         hit = np.fromiter((g in pos for g in got), bool, len(got))
         for k in ks:
             recall[k].append(hit[:k].sum() / len(pos))
+        rows["recall"].append([hit[:k].sum() / len(pos) for k in ks])
+        good_row = ceiling_row = [np.nan] * len(ks)
         if truth is not None:
             q = truth.query(query)
             if q is not None:
                 with_truth += 1
                 rel = np.fromiter((truth.relevant(q, ids[i], leafs[i], brands[i]) for i in row), bool, len(row))
-                for k in ks:
-                    good[k].append(rel[:k].mean())
+                n_rel = truth.relevant_in_pool(q, counts)
+                good_row = [rel[:k].mean() for k in ks]
+                ceiling_row = [min(k, n_rel) / k for k in ks]
+                for k, g, c in zip(ks, good_row, ceiling_row):
+                    good[k].append(g)
+                    ceiling[k].append(c)
+        rows["p_good"].append(good_row)
+        rows["p_good_ceiling"].append(ceiling_row)
         if intents is not None:
             intent = intents.match(query)
             with_intent += not intent.empty
@@ -238,11 +283,25 @@ def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, int
     def mean(d):
         return {str(k): (float(np.mean(v)) if v else None) for k, v in d.items()}
 
+    by_slice = {}
+    for name, member in (slices or {}).items():
+        member = np.asarray(member, bool)
+        if member.shape != (len(queries),):
+            raise ValueError(f"slice {name!r} has {member.shape} flags for {len(queries)} searches")
+        entry = {"searches": int(member.sum())}
+        for key, table in rows.items():
+            sub = np.asarray(table, np.float64).reshape(len(queries), len(ks))[member]
+            entry[key] = {str(k): (float(np.nanmean(sub[:, j])) if np.isfinite(sub[:, j]).any() else None)
+                          for j, k in enumerate(ks)}
+        by_slice[name] = entry
+
     return {
         "k": ks,
         "recall": mean(recall),
         "p_good": mean(good),
+        "p_good_ceiling": mean(ceiling),
         "filter_pass": mean(passed),
+        "slices": by_slice,
         "searches": len(queries),
         "searches_with_truth": with_truth,
         "searches_with_intent": with_intent,
@@ -251,15 +310,38 @@ def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, int
     }
 
 
+LONG_HISTORY = 50  # long-term behaviours from which a user counts as having a long history
+
+
+def standard_slices(data_dir: str, queries, info: list[dict], truth=None) -> dict:
+    """The slices a component's effect should show in, as [S] bool flags: `unseen_word`
+    (a query word not in the training vocabulary: characters and bigrams must carry it),
+    `long_history` (>= LONG_HISTORY long-term behaviours: personalisation), `branded`
+    (the query names a brand, by the ground truth)."""
+    import numpy as np
+
+    from features.io import read_lines
+    from model.data import vocab_dir
+
+    known = {line.split("\t", 1)[0] for line in read_lines(os.path.join(vocab_dir(data_dir), "word.txt"))}
+    out = {
+        "unseen_word": np.array([any(w not in known for w in i["query_words"]) for i in info], bool),
+        "long_history": np.array([i["long_term"] >= LONG_HISTORY for i in info], bool),
+    }
+    if truth is not None:
+        out["branded"] = np.array([bool((truth.query(q) or {}).get("brand")) for q in queries], bool)
+    return out
+
+
 def format_table(metrics: dict) -> str:
     def cell(v):
         return "   -  " if v is None else f"{v:6.4f}"
 
-    lines = [f"{'K':>6}  {'Recall@K':>8}  {'P_good@K':>8}  {'filter pass':>11}"]
+    lines = [f"{'K':>6}  {'Recall@K':>8}  {'P_good@K':>8}  {'ceiling':>8}  {'filter pass':>11}"]
     for k in metrics["k"]:
         k = str(k)
         lines.append(f"{k:>6}  {cell(metrics['recall'][k]):>8}  {cell(metrics['p_good'][k]):>8}  "
-                     f"{cell(metrics['filter_pass'][k]):>11}")
+                     f"{cell(metrics.get('p_good_ceiling', {}).get(k)):>8}  {cell(metrics['filter_pass'][k]):>11}")
     lines.append(f"{metrics['searches']} test searches ({metrics['searches_with_truth']} with ground truth, "
                  f"{metrics['searches_with_intent']} with a brand/category intent), {metrics['items']} items in the pool")
     return "\n".join(lines)
@@ -301,16 +383,18 @@ def evaluate(data_dir: str, model_dir: str, out_dir: str | None = None, truth_di
     t0 = time.time()
     model, config, path, step = restore(model_dir, data_dir, checkpoint)
     item_emb, fields = embed_items(model, data_dir)
-    user_emb, queries, positives = embed_searches(model, data_dir, batch_size)
+    info: list[dict] = []
+    user_emb, queries, positives = embed_searches(model, data_dir, batch_size, info=info)
     topk = top_k(user_emb, item_emb, max(ks), batch_size)
     truth_dir = truth_dir or default_truth_dir(data_dir)
     truth = Truth(truth_dir) if truth_dir else None
+    slices = standard_slices(data_dir, queries, info, truth)
     # Query understanding from the catalog itself: its names plus aliases mined from titles.
     intents = IntentMatcher.from_catalog(
         {"brand": b, "leaf_cat": l, "top_cat": t, "title_words": w}
         for b, l, t, w in zip(fields["brand"], fields["leaf_cat"], fields["top_cat"], fields["title_words"])
     )
-    metrics = retrieval_metrics(topk, fields, queries, positives, ks, truth, intents)
+    metrics = retrieval_metrics(topk, fields, queries, positives, ks, truth, intents, slices)
     metrics.update({
         "checkpoint": path,
         "step": step,

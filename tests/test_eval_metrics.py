@@ -58,6 +58,26 @@ def test_recall_p_good_and_filter_pass(world):
     assert "Recall@K" in format_table(m)
 
 
+def test_p_good_ceiling_and_slices(world):
+    """The ceiling is what a perfect model scores: the pool holds one nike running shoe
+    (a) and one dress (c), so each query can fill at most one of its top K with relevant
+    items. Slices average the same per-search figures over their members."""
+    truth, fields = world
+    topk = np.array([[1, 0, 3, 2], [2, 0, 1, 3]])
+    queries, positives = ["耐克 跑步鞋", "连衣裙"], [{"a", "zz"}, {"c"}]
+    m = retrieval_metrics(topk, fields, queries, positives, (1, 2, 4), truth, None,
+                          slices={"branded": np.array([True, False]), "none": np.array([False, False])})
+    assert m["p_good_ceiling"] == {"1": pytest.approx(1.0), "2": pytest.approx(0.5), "4": pytest.approx(0.25)}
+    assert m["p_good"]["4"] == pytest.approx(m["p_good_ceiling"]["4"])  # both relevant items are in every top 4
+    branded = m["slices"]["branded"]
+    assert branded["searches"] == 1
+    assert branded["recall"] == {"1": pytest.approx(0.0), "2": pytest.approx(0.5), "4": pytest.approx(0.5)}
+    assert branded["p_good"]["1"] == pytest.approx(0.0) and branded["p_good_ceiling"]["1"] == pytest.approx(1.0)
+    assert m["slices"]["none"]["searches"] == 0 and m["slices"]["none"]["recall"]["1"] is None
+    with pytest.raises(ValueError, match="slice 'bad'"):
+        retrieval_metrics(topk, fields, queries, positives, (1,), truth, None, slices={"bad": np.array([True])})
+
+
 def test_cutoffs_and_truth_dir(tmp_path):
     assert parse_ks("1000,50,200") == (50, 200, 1000)
     with pytest.raises(ValueError, match="--k"):

@@ -79,3 +79,26 @@ def test_make_optimizer_is_adagrad_at_the_papers_rate():
     assert float(opt.learning_rate) == pytest.approx(0.1)
     assert opt.global_clipnorm == pytest.approx(3.0)
     assert make_optimizer(MGDSPRConfig(clip_norm=0)).global_clipnorm is None
+
+
+def test_presets_and_a_clear_error_for_an_unknown_name(tmp_path):
+    from model.config import PRESETS
+
+    assert load_config("paper") == MGDSPRConfig()  # the paper's values are the defaults
+    quick = load_config("quick", ["seed=3"])
+    assert (quick.optimizer, quick.seed) == (PRESETS["quick"]["optimizer"], 3)
+    assert quick.hard_negatives <= (quick.batch_size - 1 + quick.num_random_negatives) // 10  # hard = a small share
+    with pytest.raises(ValueError, match="neither a preset"):
+        load_config("quik")
+    path = tmp_path / "c.json"
+    path.write_text('{"temperature": 1.0}', encoding="utf-8")
+    assert load_config(str(path)).temperature == 1.0
+
+
+def test_reports_record_paths_relative_to_the_repository():
+    import os
+
+    from benchmarks.reproduce import REPO, relative
+
+    assert relative(os.path.join(REPO, "data", "medium", "processed")) == os.path.join("data", "medium", "processed")
+    assert relative("/elsewhere/data") == "/elsewhere/data"

@@ -1,0 +1,157 @@
+"""Train one model until its validation recall stops improving, then evaluate its best
+weights on the held-out searches. One process per run (`benchmarks.reproduce` starts it).
+
+    python -m benchmarks.convergence --data data/medium/processed --out runs/reproduce/mgdspr-seed0 \
+        --config quick --set seed=0
+
+The test day's searches are split by a stable hash of `search_id`: a fifth is the
+validation set that decides when to stop and which weights to keep; the other four
+fifths are the report set, never seen before the final evaluation. Every `--eval-every`
+steps the run records the mean training loss and validation Recall@K; it stops after
+`--patience` evaluations without a gain of `--min-delta`, or at `--max-steps`.
+
+Writes OUT/run.json: the curve, the best step, the report set's metrics (with the
+standard slices and the P_good ceiling), the config and the timings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import zlib
+
+VALIDATION_SHARE = 5  # one search in 5 is validation
+
+
+def is_validation(search_id: str) -> bool:
+    return zlib.crc32(search_id.encode("utf-8")) % VALIDATION_SHARE == 0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.convergence", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="processed dir (train/, test/, items/, vocab/)")
+    p.add_argument("--out", required=True, help="where run.json goes")
+    p.add_argument("--config", default="quick", help="a preset (paper, quick) or a JSON file (default quick)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    p.add_argument("--eval-every", type=int, default=250, help="steps between validation evaluations (default 250)")
+    p.add_argument("--patience", type=int, default=3, help="evaluations without a gain before stopping (default 3)")
+    p.add_argument("--min-delta", type=float, default=0.002, help="a gain smaller than this is no gain (default 0.002)")
+    p.add_argument("--max-steps", type=int, default=5000, help="stop here even without a plateau (default 5000)")
+    p.add_argument("--monitor-k", type=int, default=200, help="validation Recall@K that decides (default 200)")
+    p.add_argument("--k", default="10,50,200,1000", help="cut-offs of the final evaluation")
+    return p.parse_args(argv)
+
+
+def validation_recall(model, data_dir: str, k: int) -> float:
+    import numpy as np
+
+    from model.evaluate import embed_items, embed_searches, top_k
+
+    items, fields = embed_items(model, data_dir)
+    users, _, positives = embed_searches(model, data_dir, select=is_validation)
+    topk = top_k(users, items, k)
+    ids = fields["item_id"]
+    return float(np.mean([len(set(ids[row]) & pos) / len(pos) for row, pos in zip(topk, positives)]))
+
+
+def _plateau_callback():
+    import features  # noqa: F401
+    import tensorflow as tf
+
+    class Plateau(tf.keras.callbacks.Callback):
+        """After every epoch of `eval_every` steps: the curve point, the best weights so
+        far, and a stop after `patience` epochs without a gain of `min_delta`."""
+
+        def __init__(self, args, started: float):
+            super().__init__()
+            self.args, self.started = args, started
+            self.curve, self.best, self.best_weights, self.since_best = [], -1.0, None, 0
+            self.train_seconds, self.epoch_started = 0.0, started
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_started = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.train_seconds += time.time() - self.epoch_started
+            step = (epoch + 1) * self.args.eval_every
+            recall = validation_recall(self.model, self.args.data, self.args.monitor_k)
+            loss = float((logs or {}).get("loss", float("nan")))
+            self.curve.append({"step": step, "loss": loss, "val_recall": recall,
+                               "seconds": round(time.time() - self.started, 1)})
+            print(f"step {step}: loss {loss:.4f}  validation Recall@{self.args.monitor_k} {recall:.4f}", flush=True)
+            if recall > self.best + self.args.min_delta:
+                self.best, self.best_weights, self.since_best = recall, self.model.get_weights(), 0
+            else:
+                self.since_best += 1
+                if self.since_best >= self.args.patience:
+                    self.model.stop_training = True
+
+    return Plateau
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import features  # noqa: F401
+    import tensorflow as tf
+
+    from features.intent import IntentMatcher
+    from model.config import load_config
+    from model.data import make_dataset, vocab_dir
+    from model.evaluate import (Truth, default_truth_dir, embed_items, embed_searches, parse_ks,
+                                retrieval_metrics, standard_slices, top_k)
+    from model.lookup import Lookup
+    from model.rundir import build
+
+    Plateau = _plateau_callback()
+
+    ks = parse_ks(args.k)
+    config = load_config(args.config, args.overrides)
+    tf.keras.utils.set_random_seed(config.seed)
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.time()
+    model, optimizer = build(config, Lookup(vocab_dir(args.data)).table_sizes)
+    model.compile(optimizer=optimizer)
+    plateau = Plateau(args, time.time())
+    epochs = -(-args.max_steps // args.eval_every)
+    model.fit(make_dataset(args.data, config), steps_per_epoch=args.eval_every, epochs=epochs,
+              callbacks=[plateau], verbose=0)
+    model.set_weights(plateau.best_weights)
+    curve, step = plateau.curve, plateau.curve[-1]["step"]
+    best_step = max(curve, key=lambda c: c["val_recall"])["step"]
+
+    items, fields = embed_items(model, args.data)
+    info: list[dict] = []
+    users, queries, positives = embed_searches(model, args.data, select=lambda s: not is_validation(s), info=info)
+    topk = top_k(users, items, max(ks))
+    truth_dir = default_truth_dir(args.data)
+    truth = Truth(truth_dir) if truth_dir else None
+    intents = IntentMatcher.from_catalog(
+        {"brand": b, "leaf_cat": lf, "top_cat": t, "title_words": w}
+        for b, lf, t, w in zip(fields["brand"], fields["leaf_cat"], fields["top_cat"], fields["title_words"])
+    )
+    metrics = retrieval_metrics(topk, fields, queries, positives, ks, truth, intents,
+                                standard_slices(args.data, queries, info, truth))
+    run = {
+        "config": json.loads(config.to_json()),
+        "curve": curve,
+        "best_step": best_step,
+        "steps": step,
+        "plateau": step < args.max_steps,
+        "train_seconds": round(plateau.train_seconds, 1),
+        "examples_per_sec": round(step * config.batch_size / max(plateau.train_seconds, 1e-9), 1),
+        "seconds": round(time.time() - t0, 1),
+        "metrics": metrics,
+        "report_searches": len(queries),
+    }
+    with open(os.path.join(args.out, "run.json"), "w", encoding="utf-8") as f:
+        json.dump(run, f, indent=1, ensure_ascii=False, default=float)
+    print(f"best step {best_step} of {step}; report set Recall@{ks[-1]} {metrics['recall'][str(ks[-1])]:.4f}",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
