@@ -2,21 +2,38 @@
 8-day window of search sessions, and the ground truth behind them.
 
     ebr synth --scale small --seed 7 --out data/small/raw
+    ebr synth --scale small --seed 7 --out /tmp/w --typo 0.2 --new-spelling 0.3 --history-intent 0
 
 Output (the raw data contract of `pipeline.contract`, plus ground truth):
 
-    OUT/items.<ext>            item_id, title, leaf_category, top_category, brand, shop, price
-    OUT/events.<ext>           user_id, ts, session_id, query, item_id, action
-    OUT/truth/items.jsonl      latent item attributes (brand, colour, style, season, ...)
-    OUT/truth/queries.jsonl    the intent behind every distinct query string
-    OUT/truth/lexicon.json     category words and synonyms, brand aliases, colours, styles
-    OUT/world.json             scale, seed, noise, calendar, counts
+    OUT/items.<ext>              item_id, title, leaf_category, top_category, brand, shop, price
+    OUT/events.<ext>             user_id, ts, session_id, query, item_id, action
+    OUT/truth/items.jsonl        latent item attributes (brand, colour, style, season, ...)
+    OUT/truth/queries.jsonl      the intent behind every distinct query string
+    OUT/truth/searches.<jsonl|parquet>  one row per search: user_id, ts, session_id, query
+                                 and the phenomena it carries (typo, new_spelling, history_intent)
+    OUT/truth/lexicon.json       category words and synonyms, brand aliases, colours, styles
+    OUT/truth/spellings.json     the fixed misspellings of each word, each brand's new spelling
+    OUT/world.json               scale, seed, noise, phenomena, calendar, counts
 
 The world is built so the paper's effects can show: a two-level category tree with
 synonyms, brands with Chinese names and Latin aliases, keyword-stacked titles, users
 with lasting brand/style/colour/price tastes, queries with varied surface forms,
 clicks drawn among the items relevant to the query's intent by personal taste, and a
 configurable share of noisy clicks on irrelevant items (a click is not relevance).
+
+Phenomena that each exercise one part of MGDSPR (docs/synthetic_world.md), each a share
+set by an argument of `generate` and an `ebr synth` option:
+
+    typo=0.08            searches whose category or brand word is misspelled with one of
+                         the word's fixed misspellings: jieba cuts a word the right spelling
+                         lacks, characters are shared (the multi-grained semantic unit's
+                         chars and bigrams)
+    new_spelling=0.15    test-day searches naming a brand that use its new spelling (an
+                         abbreviation never seen before day 8: only chars and bigrams match)
+    history_intent=0.10  searches naming only the category whose clicks go to the brand an
+                         earlier search of the session named, else to the user's favourite
+                         (earlier queries and behaviour sequences carry the brand)
 
 Every scale runs the same vectorised code: items as numpy arrays, titles and queries
 assembled as Arrow string columns, users simulated in chunks that are written as they
@@ -28,6 +45,8 @@ import csv
 import json
 import os
 import time
+import zlib
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
@@ -262,6 +281,29 @@ PRICE_LEVEL_P = (0.15, 0.25, 0.30, 0.20, 0.10)
 PRICE_LEVEL_MULT = (0.4, 0.7, 1.0, 1.6, 2.8)
 MAX_NOISE = 0.9
 NOISE_REDRAWS = 8  # attempts to replace a noisy click that repeats an item of its search
+HISTORY_LEAF_TRIES = 4  # leaves of the wanted brand's top category tried after the search's own
+
+# Phenomena that each exercise one part of MGDSPR (docs/synthetic_world.md): their default shares.
+TYPO = 0.08  # of searches: the category or brand word is misspelled
+NEW_SPELLING = 0.15  # of the test day's searches naming a brand: a spelling never seen before
+HISTORY_INTENT = 0.10  # of searches: only the category is named, clicks follow the user's brand
+TYPO_VARIANTS = 2  # fixed misspellings per category word and per brand name
+P_TYPO_BRAND = 0.5  # a misspelled search naming a brand misspells the brand, else the category word
+TYPO_ATTEMPTS = 40  # draws per word to find its misspellings among the rejected ones
+P_TYPO_DROP_CJK, P_TYPO_KEY, P_TYPO_DROP_LATIN = 0.3, 0.4, 0.3  # kinds of misspelling (rest: swap)
+P_TYPO_HOMOPHONE = 0.8  # a replaced Chinese character is one with a homophone, when the word has one
+# Characters a pinyin input method confuses (same syllable): what Chinese typos mostly are.
+HOMOPHONES = (
+    "恤需须许 袖秀修绣 衣依医 裙群 衫山珊 衬称趁 织之知 仔再在 裤库酷 绒荣融 服福府 棉免眠 "
+    "夹加佳 克可客 装庄壮 闲先鲜 帽貌冒 套涛陶 鞋些谐协 靴学雪 拖托脱 跑泡炮 篮蓝兰 球求秋 "
+    "机鸡基 耳尔饵 板版办 电店点 脑恼闹 宝保报 表标彪 键件建 盘攀判 红洪宏 膏高糕 膜模磨 "
+    "粉分芬 影应英 霜双爽 晒筛 香想相 奶乃耐 精经晶 咖卡 啡非菲 茶查察 巧桥乔 饼并冰 矿况框 "
+    "枕真珍 纳那拿 杯背贝 瑜鱼雨 绳声生 篷朋棚 锋风峰 铃领零 灯等登 巾今金 水睡税 帐张账 "
+    "尼泥 迪笛敌 斯思丝 达答 优忧 雅亚 兰澜 莱来 乐勒 华化 米迷 联连 索锁 伊衣 德得 蒙盟 "
+    "森深 马玛 狼浪 王网 步布 丽力 踏塔 想像 荣容 家佳 牛纽 鼠属 松送 园圆 星心"
+)
+_OTHER_CHARS = "的一是在有人这中大来上个们到说时地为子生会可下过里后以出"  # for characters without homophones
+_KEY_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
 
 
 # ---------------------------------------------------------------------------------
@@ -298,6 +340,10 @@ def _full_width(text: str) -> str:
     return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
 
 
+# How a brand's Latin alias is written: latin, Latin, LATIN, full-width LATIN.
+_LATIN_FORMS = (str, str.capitalize, str.upper, lambda la: _full_width(la.upper()))
+
+
 def _generated_brands(count: int, taken: set[str]) -> list[tuple[str, str]]:
     """Extra two-character brands with pinyin aliases, in a fixed order."""
     syl = [(tok[0], tok[1:]) for tok in _BRAND_SYLLABLES.split()]
@@ -316,6 +362,104 @@ def _generated_brands(count: int, taken: set[str]) -> list[tuple[str, str]]:
     if len(out) < count:
         raise ValueError(f"cannot generate {count} distinct brand names (got {len(out)})")
     return out
+
+
+def _similar_characters() -> dict[str, str]:
+    """Each character of HOMOPHONES -> the characters it is confused with (every group it is in)."""
+    out: dict[str, set[str]] = {}
+    for group in HOMOPHONES.split():
+        for c in group:
+            out.setdefault(c, set()).update(group.replace(c, ""))
+    return {c: "".join(sorted(v)) for c, v in out.items()}
+
+
+_SIMILAR = _similar_characters()
+
+
+def _is_cjk(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fff"
+
+
+def _misspell(word: str, rng) -> str:
+    """One misspelling of `word`: a Chinese character replaced by a homophone (another
+    character if it has none) or dropped (words of 3+ characters); a Latin word gets a
+    letter replaced by a key beside it, a letter dropped, or two letters swapped."""
+    cjk = [i for i, c in enumerate(word) if _is_cjk(c)]
+    if cjk:
+        if len(cjk) >= 3 and rng.random() < P_TYPO_DROP_CJK:
+            i = cjk[rng.integers(len(cjk))]
+            return word[:i] + word[i + 1 :]
+        similar = [i for i in cjk if word[i] in _SIMILAR]
+        pool = similar if similar and rng.random() < P_TYPO_HOMOPHONE else cjk
+        i = pool[rng.integers(len(pool))]
+        alts = _SIMILAR.get(word[i], _OTHER_CHARS)
+        return word[:i] + alts[rng.integers(len(alts))] + word[i + 1 :]
+    letters = [i for i, c in enumerate(word) if c in "abcdefghijklmnopqrstuvwxyz"]
+    if not letters:
+        return word
+    i, u = letters[rng.integers(len(letters))], rng.random()
+    if u < P_TYPO_KEY:
+        row = next(r for r in _KEY_ROWS if word[i] in r)
+        k = row.index(word[i])
+        keys = row[max(k - 1, 0) : k] + row[k + 1 : k + 2]
+        return word[:i] + keys[rng.integers(len(keys))] + word[i + 1 :]
+    if u < P_TYPO_KEY + P_TYPO_DROP_LATIN and len(word) >= 4:
+        return word[:i] + word[i + 1 :]
+    j = i + 1 if i + 1 < len(word) else i - 1
+    a, b = min(i, j), max(i, j)
+    return word[:a] + word[b] + word[a] + word[b + 1 :]
+
+
+class _Spellings:
+    """Spellings no catalog title uses: fixed misspellings of category words and brand
+    names, and each brand's new spelling. A spelling is accepted only if it is no word of
+    the lexicon and, when it has Chinese characters, contains no category word or brand
+    name (so it names no other intent) and, unless it is a new spelling itself, no new
+    spelling (so jieba never cuts one out of it before the test day). A Latin spelling only
+    has to be new: jieba keeps a Latin run whole."""
+
+    def __init__(self, words, names):
+        self.names = {features.normalize(w) for w in names}
+        self.new: set[str] = set()
+        self.taken = {features.normalize(w) for w in words if w} | self.names
+
+    def accept(self, spelling: str, new: bool = False) -> bool:
+        n = features.normalize(spelling)
+        subs = {n[i:j] for i in range(len(n)) for j in range(i + 2, len(n) + 1)} if not n.isascii() else set()
+        if len(n) < 2 or n in self.taken or subs & self.names or (not new and subs & self.new):
+            return False
+        self.taken.add(n)
+        if new:
+            self.new.add(n)
+        return True
+
+    def misspellings(self, word: str) -> list[str]:
+        """Up to TYPO_VARIANTS misspellings of `word`, drawn from a generator seeded by the
+        word itself: the same word is misspelled the same way at every scale and seed."""
+        rng = np.random.default_rng(zlib.crc32(word.encode("utf-8")))
+        out: list[str] = []
+        for _ in range(TYPO_ATTEMPTS):
+            if len(out) == TYPO_VARIANTS:
+                break
+            v = _misspell(word, rng)
+            if self.accept(v):
+                out.append(v)
+        return out
+
+    def new_spelling(self, zh: str, latin: str, prefix_count: dict[str, int]) -> str:
+        """A brand's abbreviation: the first two characters of a 3+ character name (阿迪), else
+        the shortest prefix of 60%+ of its alias (nik), one no other alias starts with if any,
+        else the alias without its vowels (mtng), else the first character and the end of the
+        alias (瑶qi)."""
+        ks = range(max(3, -(-3 * len(latin) // 5)), len(latin))
+        cands = [zh[:2]] if len(zh) >= 3 else []
+        cands += [latin[:k] for k in ks if prefix_count[latin[:k]] == 1] + [latin[:k] for k in ks]
+        cands.append(latin[0] + "".join(c for c in latin[1:] if c not in "aeiou"))
+        cands += [zh[0] + latin[k:] for k in range(len(latin) - 2, 0, -1)]
+        for c in cands:
+            if self.accept(c, new=True):
+                return c
+        raise ValueError(f"no new spelling for the brand {zh}/{latin}")
 
 
 class Lexicon:
@@ -393,12 +537,7 @@ class Lexicon:
         self.end_tok = np.array(tok.ids(END_FILLERS))
         self.new_tok = tok.id("新款")
         # Brand surfaces: zh, latin, Latin, LATIN, full-width LATIN, zh+latin.
-        self.brand_surf = np.array(
-            [
-                tok.ids([zh, la, la.capitalize(), la.upper(), _full_width(la.upper()), zh + la])
-                for zh, la in brands
-            ]
-        )
+        self.brand_surf = np.array([tok.ids([zh, *(form(la) for form in _LATIN_FORMS), zh + la]) for zh, la in brands])
         # Category surfaces: canonical first, then synonyms, then synonym+canonical.
         self.leaf_canon_tok = np.array(tok.ids(self.leaf_names))
         self.leaf_syn, self.leaf_nsyn = _padded([tok.ids(lf.synonyms) for lf in leaves])
@@ -406,6 +545,30 @@ class Lexicon:
             [tok.ids([s + lf.name for s in lf.synonyms if lf.name not in s] or [lf.name]) for lf in leaves]
         )
         self.L, self.B, self.C, self.S = len(leaves), len(brands), len(colour_words), len(styles)
+        self._build_spellings(tok)
+
+    def _build_spellings(self, tok: _TokenTable) -> None:
+        """Each brand's new spelling (`brand_new_tok` [B]), then the fixed misspellings of
+        every category word and brand surface a query can use: `typo_tok` [tokens,
+        TYPO_VARIANTS] maps a word's token to its misspellings' tokens (0: none)."""
+        leaf_words = [w for lf in self.leaves for w in (lf.name, *lf.synonyms)]
+        spell = _Spellings(tok.words, leaf_words + [w for b in self.brands for w in b])
+        prefix_count = Counter(la[:k] for _, la in self.brands for k in range(1, len(la) + 1))
+        self.new_spellings = [spell.new_spelling(zh, la, prefix_count) for zh, la in self.brands]
+        self.brand_new_tok = np.array(tok.ids(self.new_spellings))
+        self.typos: dict[str, list[str]] = {}
+        rows: dict[int, list[int]] = {}
+        for word in leaf_words + [zh for zh, _ in self.brands]:
+            self.typos[word] = spell.misspellings(word)
+            rows[tok.id(word)] = tok.ids(self.typos[word])
+        for b, (_, la) in enumerate(self.brands):
+            self.typos[la] = spell.misspellings(la)
+            for s, form in enumerate(_LATIN_FORMS, start=1):  # the same misspelling in every case and width
+                rows[int(self.brand_surf[b, s])] = tok.ids([form(v) for v in self.typos[la]])
+        self.typo_tok = np.zeros((len(tok.words), TYPO_VARIANTS), np.int64)
+        for src, ids in rows.items():
+            if ids:
+                self.typo_tok[src] = [ids[j % len(ids)] for j in range(TYPO_VARIANTS)]
 
     # Intent key: one int64 per (leaf, brand, colour, style); -1 means "not named".
     def intent_key(self, leaf, brand, colour, style) -> np.ndarray:
@@ -446,6 +609,13 @@ class Lexicon:
             "styles": {
                 self.tops[t]: self.styles[self.style_lo[t] : self.style_hi[t]] for t in range(len(self.tops))
             },
+        }
+
+    def spellings_json(self) -> dict:
+        """The spellings no title uses: misspellings by correct word, new spelling by brand."""
+        return {
+            "misspellings": {w: v for w, v in self.typos.items() if v},
+            "new_spellings": {zh: new for (zh, _), new in zip(self.brands, self.new_spellings)},
         }
 
 
@@ -696,13 +866,28 @@ def _normalize_arrow(strings):
 # ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Phenomena:
+    """Shares of the searches that carry each phenomenon (docs/synthetic_world.md)."""
+
+    typo: float = TYPO
+    new_spelling: float = NEW_SPELLING
+    history_intent: float = HISTORY_INTENT
+
+
+# Per-search ground truth: which phenomena a search carries (truth/searches.<ext>).
+SEARCH_COUNTS = ("typo", "new_spelling", "test_day_brand_searches", "history_intent", "history_from_session")
+
+
 @dataclass
 class _Chunk:
     events: object  # pyarrow.Table
     queries: object  # pyarrow.Table of distinct (query, key)
+    searches_truth: object  # pyarrow.Table, one row per search
     searches: int
     search_clicks: int
     noisy_clicks: int
+    counts: dict  # SEARCH_COUNTS -> searches
 
 
 class _QueryBinder:
@@ -714,6 +899,8 @@ class _QueryBinder:
         self.fixed = 0
 
     def bind(self, queries, keys: np.ndarray):
+        """Returns the queries, a clashing one replaced by its intent's canonical form, and
+        whether each was replaced."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -723,8 +910,9 @@ class _QueryBinder:
         for q, k in zip(pairs["n"].to_pylist(), pairs["k"].to_pylist()):
             if self.bound.setdefault(q, k) != k:
                 clash.add(q)
+        respelled = np.zeros(len(queries), bool)
         if not clash:
-            return queries
+            return queries, respelled
         rows = np.flatnonzero(pc.is_in(norm, value_set=pa.array(sorted(clash))).to_numpy(zero_copy_only=False))
         py = queries.to_pylist()
         norm_py = norm.take(pa.array(rows)).to_pylist()
@@ -736,13 +924,17 @@ class _QueryBinder:
                 if self.bound.setdefault(canon_norm, k) != k:
                     raise RuntimeError(f"canonical query {canon!r} bound to two intents")
                 py[r] = canon
+                respelled[r] = True
                 self.fixed += 1
-        return pa.array(py, pa.string())
+        return pa.array(py, pa.string()), respelled
 
 
-def _query_strings(w: World, rng, leaf, brand, colour, style):
+def _query_strings(w: World, rng, leaf, brand, colour, style, typo_at, typo_v, new_spelling):
     """Surface forms of search intents: word order, synonyms, Latin aliases, optional
-    gender word and 新款, with or without spaces."""
+    gender word and 新款, with or without spaces; the brand's new spelling where
+    `new_spelling`, misspelling `typo_v` of the brand (`typo_at` 1) or category word (4).
+    Returns the strings and, per search, the token of the misspelled word and of its
+    misspelling (0 and 0 where nothing is misspelled)."""
     lex, n = w.lex, leaf.size
     r = rng.random
     top = lex.leaf_top[leaf]
@@ -755,13 +947,48 @@ def _query_strings(w: World, rng, leaf, brand, colour, style):
     syn = _pick_padded_tok(rng, lex.leaf_syn, lex.leaf_nsyn, leaf, 1.0)
     slots[:, 4] = np.where((r(n) < 0.55) | (syn == 0), lex.leaf_canon_tok[leaf], syn)
     slots[:, 5] = _pick_padded_tok(rng, lex.top_gender, lex.top_ngender, top, 0.35)
+    rows = np.flatnonzero(typo_at > 0)
+    typo_of, typo = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    typo_of[rows] = slots[rows, typo_at[rows]]
+    typo[rows] = lex.typo_tok[typo_of[rows], typo_v[rows]]
+    typo_of[typo == 0] = 0  # a word without misspellings stays as it is
+    rows = rows[typo[rows] > 0]
+    slots[rows, typo_at[rows]] = typo[rows]
+    slots[:, 1] = np.where(new_spelling, lex.brand_new_tok[np.maximum(brand, 0)], slots[:, 1])
     orders = np.array([[0, 1, 2, 3, 4, 5], [0, 2, 3, 1, 4, 5], [0, 4, 1, 3, 2, 5], [0, 1, 4, 3, 2, 5]])
     perm = orders[rng.choice(4, n, p=(0.45, 0.15, 0.2, 0.2))]
     sep = (r(n) < 0.4).astype(np.int8)
-    return _join_tokens(lex.tokens.words, np.take_along_axis(slots, perm, axis=1), sep)
+    return _join_tokens(lex.tokens.words, np.take_along_axis(slots, perm, axis=1), sep), typo_of, typo
 
 
-def _simulate(w: World, users: np.ndarray, rng, noise: float, binder: _QueryBinder) -> _Chunk:
+def _history_intents(w: World, rng, share: float, q_user, q_sess, leaf, i_brand):
+    """Picks a `share` of the searches to name only their category while the user wants one
+    brand: the brand named by the latest earlier search of the same session, else the
+    user's favourite brand in the category's top category. Such a search moves to a leaf
+    of that brand's top category where the brand sells (its own leaf first); one that finds
+    none stays an ordinary search. Returns the wanted brand [S] (-1: no history intent),
+    whether it came from the session [S], and the leaves [S]."""
+    lex, S = w.lex, leaf.size
+    chosen = rng.random(S) < share
+    named = (i_brand >= 0) & ~chosen
+    prev = np.r_[-1, np.maximum.accumulate(np.where(named, np.arange(S), -1))[:-1]]
+    session = chosen & (prev >= 0) & (q_sess[np.maximum(prev, 0)] == q_sess)
+    brand = np.where(session, i_brand[np.maximum(prev, 0)], w.user_brand[q_user, lex.leaf_top[leaf]])
+    h = np.flatnonzero(chosen)
+    top = lex.brand_top[brand[h]]
+    r = (rng.random((h.size, HISTORY_LEAF_TRIES)) * lex.top_nleaves[top][:, None]).astype(np.int64)
+    cand = np.hstack([leaf[h][:, None], lex.top_leaves[top[:, None], r]])
+    lo, hi = w.group_range(cand.ravel(), np.repeat(brand[h], cand.shape[1]))
+    ok = (lex.leaf_top[cand] == top[:, None]) & (hi > lo).reshape(cand.shape)
+    pick = np.argmax(ok, axis=1)
+    found = ok[np.arange(h.size), pick]
+    leaf = leaf.copy()
+    leaf[h[found]] = cand[np.arange(h.size), pick][found]
+    chosen[h[~found]] = False
+    return np.where(chosen, brand, -1), session & chosen, leaf
+
+
+def _simulate(w: World, users: np.ndarray, rng, noise: float, binder: _QueryBinder, ph: Phenomena) -> _Chunk:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -796,14 +1023,25 @@ def _simulate(w: World, users: np.ndarray, rng, noise: float, binder: _QueryBind
     i_colour = np.where((w.item_colour[target] >= 0) & (rng.random(S) < P_QUERY_COLOUR), w.item_colour[target], -1)
     i_style = np.where(rng.random(S) < P_QUERY_STYLE, w.item_style[target], -1)
 
+    # History-dependent intents: the query names only the category (its truth intent),
+    # while the user clicks only the brand the session or their taste implies.
+    h_brand, h_session, leaf = _history_intents(w, rng, ph.history_intent, q_user, q_sess, leaf, i_brand)
+    hist = h_brand >= 0
+    h = np.flatnonzero(hist)
+    c, v = _sample_ranges(rng, w.pop_cum, *w.group_range(leaf[h], h_brand[h]), 8)
+    score = np.where(v, w.affinity(q_user[h], c) + _gumbel(rng, c.shape), -np.inf)
+    target[h] = c[np.arange(h.size), np.argmax(score, axis=1)]
+    i_brand, i_colour, i_style = (np.where(hist, -1, a) for a in (i_brand, i_colour, i_style))
+    click_brand = np.where(hist, h_brand, i_brand)
+
     # Relevant clicks: candidates from the leaf and from the named (or favourite) brand
     # there; the relevant ones compete by taste + Gumbel noise (a softmax draw).
-    group_brand = np.where(i_brand >= 0, i_brand, w.user_brand[q_user, lex.leaf_top[leaf]])
+    group_brand = np.where(click_brand >= 0, click_brand, w.user_brand[q_user, lex.leaf_top[leaf]])
     c1, v1 = _sample_ranges(rng, w.pop_cum, w.leaf_lo[leaf], w.leaf_hi[leaf], 12)
     c2, v2 = _sample_ranges(rng, w.pop_cum, *w.group_range(leaf, group_brand), 12)
     cand = np.hstack([target[:, None], c1, c2])
     valid = np.hstack([np.ones((S, 1), bool), v1, v2])
-    valid &= w.relevant(cand, leaf[:, None], i_brand[:, None], i_colour[:, None], i_style[:, None])
+    valid &= w.relevant(cand, leaf[:, None], click_brand[:, None], i_colour[:, None], i_style[:, None])
     valid &= ~_duplicates(cand)
     score = np.where(valid, w.affinity(q_user, cand) + _gumbel(rng, cand.shape), -np.inf)
     n_rel = np.minimum(1 + rng.poisson(EXTRA_CLICKS_MEAN, S), valid.sum(axis=1))
@@ -866,12 +1104,45 @@ def _simulate(w: World, users: np.ndarray, rng, noise: float, binder: _QueryBind
     e_act = np.concatenate([ev_act, b_act])
     o = np.lexsort((e_act, e_item, e_ts, e_user))
 
+    # Spellings: a brand's new spelling in some of the test day's branded searches, and
+    # misspelled brand or category words in any search.
     q_keys = lex.intent_key(leaf, i_brand, i_colour, i_style)
-    queries = binder.bind(_query_strings(w, rng, leaf, i_brand, i_colour, i_style), q_keys)
+    test_day = q_ts >= w.t0 + (TOTAL_DAYS - 1) * 86_400
+    new_spelling = test_day & (i_brand >= 0) & (rng.random(S) < ph.new_spelling)
+    typo_brand = (i_brand >= 0) & ~new_spelling & (rng.random(S) < P_TYPO_BRAND)
+    typo_at = np.where(rng.random(S) < ph.typo, np.where(typo_brand, 1, 4), 0)
+    strings, typo_of, typo = _query_strings(
+        w, rng, leaf, i_brand, i_colour, i_style, typo_at, rng.integers(0, TYPO_VARIANTS, S), new_spelling
+    )
+    queries, respelled = binder.bind(strings, q_keys)
+    typo[respelled] = typo_of[respelled] = 0  # the canonical form replaced the query
+    new_spelling &= ~respelled
     user_ids = w.arrow("user_ids")
     sess_ids = pc.binary_join_element_wise(
         user_ids.take(pa.array(s_user)), pc.cast(pa.array(s_num), pa.string()), "-"
     )
+    words = pa.array(lex.tokens.words, pa.string())
+    searches = pa.table(
+        {
+            "user_id": user_ids.take(pa.array(q_user)),
+            "ts": pa.array(q_ts, pa.int64()),
+            "session_id": sess_ids.take(pa.array(q_sess)),
+            "query": queries,
+            "typo": pa.array(typo > 0),
+            "typo_word": words.take(pa.array(typo)),
+            "typo_of": words.take(pa.array(typo_of)),
+            "new_spelling": pa.array(new_spelling),
+            "history_intent": pa.array(hist),
+            "history_brand": pa.array([b[0] for b in lex.brands] + [""], pa.string()).take(
+                pa.array(np.where(hist, h_brand, lex.B))
+            ),
+            "history_source": pa.array(np.where(h_session, "session", np.where(hist, "favourite", ""))),
+        }
+    )
+    counts = dict(zip(SEARCH_COUNTS, (
+        int((typo > 0).sum()), int(new_spelling.sum()), int((test_day & (i_brand >= 0)).sum()),
+        int(hist.sum()), int(h_session.sum()),
+    )))
     events = pa.table(
         {
             "user_id": user_ids.take(pa.array(e_user[o])),
@@ -883,7 +1154,7 @@ def _simulate(w: World, users: np.ndarray, rng, noise: float, binder: _QueryBind
         }
     )
     distinct = pa.table({"query": queries, "key": pa.array(q_keys)}).group_by(["query", "key"]).aggregate([])
-    return _Chunk(events, distinct, S, int(nc), int((~is_rel).sum()))
+    return _Chunk(events, distinct, searches, S, int(nc), int((~is_rel).sum()), counts)
 
 
 def _duplicates(cand: np.ndarray) -> np.ndarray:
@@ -950,6 +1221,16 @@ def item_schema():
     return pa.schema(
         [("item_id", pa.string()), ("title", pa.string()), ("leaf_category", pa.string()),
          ("top_category", pa.string()), ("brand", pa.string()), ("shop", pa.string()), ("price", pa.float64())]
+    )
+
+
+def search_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [("user_id", pa.string()), ("ts", pa.int64()), ("session_id", pa.string()), ("query", pa.string()),
+         ("typo", pa.bool_()), ("typo_word", pa.string()), ("typo_of", pa.string()), ("new_spelling", pa.bool_()),
+         ("history_intent", pa.bool_()), ("history_brand", pa.string()), ("history_source", pa.string())]
     )
 
 
@@ -1059,11 +1340,18 @@ def generate(
     fmt: str | None = None,
     noise: float = 0.2,
     progress: bool = True,
+    typo: float = TYPO,
+    new_spelling: float = NEW_SPELLING,
+    history_intent: float = HISTORY_INTENT,
 ) -> dict:
     """Writes a synthetic world to `out_dir` and returns its summary: counts of items,
     users, events, searches, search clicks and noisy clicks, days, the realised noise
-    share (noisy / all clicks under searches, judged against the ground truth) and the
-    paths written."""
+    share (noisy / all clicks under searches, judged against the ground truth), the
+    searches carrying each phenomenon with its realised share, and the paths written.
+
+    typo: share of searches with a misspelled category or brand word; new_spelling: share
+    of the test day's searches naming a brand that use its new spelling; history_intent:
+    share of searches naming only the category whose clicks follow the user's brand."""
     import pyarrow as pa
     import pyarrow.compute as pc
     from tqdm import tqdm
@@ -1076,6 +1364,10 @@ def generate(
         raise ValueError(f"unknown format {fmt!r}; choose from {contract.FORMATS}")
     if not 0.0 <= noise < MAX_NOISE:
         raise ValueError(f"noise {noise} must be in [0, {MAX_NOISE})")
+    ph = Phenomena(typo, new_spelling, history_intent)
+    for name, share in vars(ph).items():
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name} {share} must be in [0, 1]")
     started = time.time()
     seeds = np.random.SeedSequence([seed, 0x5EED])
     world_seed, sim_seed = seeds.spawn(2)
@@ -1086,7 +1378,9 @@ def generate(
         "events": os.path.join(out_dir, f"events.{fmt}"),
         "truth_items": os.path.join(out_dir, "truth", "items.jsonl"),
         "truth_queries": os.path.join(out_dir, "truth", "queries.jsonl"),
+        "truth_searches": os.path.join(out_dir, "truth", f"searches.{'parquet' if fmt == 'parquet' else 'jsonl'}"),
         "lexicon": os.path.join(out_dir, "truth", "lexicon.json"),
+        "spellings": os.path.join(out_dir, "truth", "spellings.json"),
         "world": os.path.join(out_dir, "world.json"),
     }
 
@@ -1106,11 +1400,16 @@ def generate(
     first_ts, last_ts = None, None
     distinct = []
     actions = dict.fromkeys(ACTIONS, 0)
-    with TableWriter(paths["events"], event_schema()) as events_out:
+    counts = dict.fromkeys(SEARCH_COUNTS, 0)
+    with TableWriter(paths["events"], event_schema()) as events_out, \
+            TableWriter(paths["truth_searches"], search_schema()) as searches_out:
         for c in range(n_user_chunks):
             users = np.arange(c * cfg.chunk_users, min((c + 1) * cfg.chunk_users, w.n_users))
-            ch = _simulate(w, users, np.random.default_rng(chunk_rngs[c]), noise, binder)
+            ch = _simulate(w, users, np.random.default_rng(chunk_rngs[c]), noise, binder, ph)
             events_out.write(ch.events)
+            searches_out.write(ch.searches_truth)
+            for k, n in ch.counts.items():
+                counts[k] += n
             n_events += ch.events.num_rows
             n_searches += ch.searches
             n_clicks += ch.search_clicks
@@ -1140,6 +1439,17 @@ def generate(
         ))
     with open(paths["lexicon"], "w", encoding="utf-8") as f:
         json.dump(lex.to_json(), f, ensure_ascii=False, indent=1)
+    with open(paths["spellings"], "w", encoding="utf-8") as f:
+        json.dump(lex.spellings_json(), f, ensure_ascii=False, indent=1)
+    phenomena = {
+        **vars(ph),
+        "searches": {k: counts[k] for k in SEARCH_COUNTS},
+        "realised": {
+            "typo": counts["typo"] / max(n_searches, 1),
+            "new_spelling": counts["new_spelling"] / max(counts["test_day_brand_searches"], 1),
+            "history_intent": counts["history_intent"] / max(n_searches, 1),
+        },
+    }
 
     summary = {
         "scale": scale,
@@ -1156,6 +1466,7 @@ def generate(
         "noise_realised": n_noisy / max(n_clicks, 1),
         "distinct_queries": qt.num_rows,
         "queries_respelled": binder.fixed,
+        "phenomena": phenomena,
         "day1": DAY1.isoformat(),
         "days": WINDOW_DAYS,
         "history_days": HISTORY_DAYS,
@@ -1176,6 +1487,7 @@ def generate(
         "timezone": "UTC",
         "counts": {k: summary[k] for k in ("items", "users", "events", "searches", "search_clicks", "noisy_clicks", "distinct_queries")},
         "noise_realised": summary["noise_realised"],
+        "phenomena": phenomena,
         "actions": actions,
         "files": {k: os.path.relpath(v, out_dir) for k, v in paths.items()},
     }
@@ -1194,12 +1506,21 @@ def add_arguments(parser) -> None:
                         help="items/events file format (default: jsonl; parquet for large)")
     parser.add_argument("--noise", type=float, default=0.2,
                         help="share of clicks under searches that land on irrelevant items (default 0.2)")
+    parser.add_argument("--typo", type=float, default=TYPO,
+                        help=f"share of searches whose category or brand word is misspelled (default {TYPO})")
+    parser.add_argument("--new-spelling", type=float, default=NEW_SPELLING,
+                        help="share of the test day's searches naming a brand that use a spelling of it "
+                             f"never seen before (default {NEW_SPELLING})")
+    parser.add_argument("--history-intent", type=float, default=HISTORY_INTENT,
+                        help="share of searches naming only the category whose clicks follow the brand of "
+                             f"an earlier search in the session or the user's favourite (default {HISTORY_INTENT})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args) -> int:
     summary = generate(args.out, scale=args.scale, seed=args.seed, fmt=args.fmt, noise=args.noise,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, typo=args.typo, new_spelling=args.new_spelling,
+                       history_intent=args.history_intent)
     print(json.dumps(summary, ensure_ascii=False, indent=1))
     return 0
 

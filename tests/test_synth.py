@@ -1,6 +1,8 @@
 """The synthetic world: contract-valid files, determinism, and the properties the
 model's effects rely on (one intent per query, controlled click noise, lasting
-personal taste, titles and queries built from the category/brand lexicon)."""
+personal taste, titles and queries built from the category/brand lexicon, and the
+phenomena of docs/synthetic_world.md: misspellings, new spellings on the test day,
+intents that follow the user's history)."""
 import argparse
 import collections
 import filecmp
@@ -11,7 +13,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from features import normalize
+from features import Tokenizer, normalize
+from features.tokenizer import char_ngrams
 from pipeline import contract, synth
 
 SEED = int(os.environ.get("SYNTH_TEST_SEED", "3"))
@@ -35,18 +38,28 @@ def _jsonl(path):
 class World:
     """A generated world read back from its files."""
 
-    def __init__(self, out: str, summary: dict):
+    def __init__(self, out: str, summary: dict, events: bool = True):
         self.out, self.summary = out, summary
         self.items = _load(out, "items", contract.validate_item)
-        self.events = _load(out, "events", contract.validate_event)
+        self.events = _load(out, "events", contract.validate_event) if events else None
         self.truth_items = {r["item_id"]: r for r in _jsonl(os.path.join(out, "truth", "items.jsonl"))}
         self.queries = {r["query"]: r for r in _jsonl(os.path.join(out, "truth", "queries.jsonl"))}
         with open(os.path.join(out, "truth", "lexicon.json"), encoding="utf-8") as f:
             self.lexicon = json.load(f)
         with open(os.path.join(out, "world.json"), encoding="utf-8") as f:
             self.world = json.load(f)
+        with open(os.path.join(out, "truth", "spellings.json"), encoding="utf-8") as f:
+            self.spellings = json.load(f)
+        self.searches = _searches(out)
+        self._respelled = {s["query"]: s["query"].replace(s["typo_word"], s["typo_of"], 1)
+                           for s in self.searches if s["typo"]}
         day1 = datetime.fromisoformat(self.world["day1"]).replace(tzinfo=timezone.utc)
         self.day1_ts = int(day1.timestamp())
+        self.test_day_ts = self.day1_ts + (self.world["days"] - 1) * 86400
+
+    def spelled(self, query: str) -> str:
+        """The query with its misspelled word (if any) written correctly."""
+        return self._respelled.get(query, query)
 
     def relevant(self, item_id: str, query: str) -> bool:
         it, q = self.truth_items[item_id], self.queries[query]
@@ -65,14 +78,38 @@ class World:
         return sum(not self.relevant(e.item_id, e.query) for e in clicks) / len(clicks)
 
 
-def _make(tmp_path_factory, **kw) -> World:
+def _searches(out: str) -> list[dict]:
+    path = os.path.join(out, "truth", "searches.jsonl")
+    if os.path.exists(path):
+        return _jsonl(path)
+    import pyarrow.parquet as pq
+
+    return pq.read_table(os.path.join(out, "truth", "searches.parquet")).to_pylist()
+
+
+def _make(tmp_path_factory, events: bool = True, **kw) -> World:
     out = str(tmp_path_factory.mktemp("synth"))
-    return World(out, synth.generate(out, progress=False, **kw))
+    return World(out, synth.generate(out, progress=False, **kw), events=events)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return _make(tmp_path_factory, scale="tiny", seed=SEED)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    # Enough test-day searches to measure the new-spelling share; its events are not read.
+    return _make(tmp_path_factory, events=False, scale="small", seed=SEED)
+
+
+def _tokenizer(world: World) -> Tokenizer:
+    """The tokenizer `ebr preprocess` builds: the catalog's brand and category names as user words."""
+    return Tokenizer({n for i in world.items for n in (i.brand, i.leaf_category, i.top_category) if n})
+
+
+def _bigrams(text: str) -> set:
+    return set(char_ngrams(normalize(text))[1])
 
 
 def test_files_follow_the_contract(tiny):
@@ -113,7 +150,8 @@ def test_calendar_month_of_history_then_eight_days(tiny):
 
 def test_deterministic_for_a_seed(tiny, tmp_path):
     again = synth.generate(str(tmp_path / "a"), scale="tiny", seed=SEED, progress=False)
-    for rel in ("items.jsonl", "events.jsonl", "truth/items.jsonl", "truth/queries.jsonl", "world.json"):
+    for rel in ("items.jsonl", "events.jsonl", "truth/items.jsonl", "truth/queries.jsonl", "truth/searches.jsonl",
+                "truth/spellings.json", "world.json"):
         assert filecmp.cmp(os.path.join(tiny.out, rel), os.path.join(tmp_path, "a", rel), shallow=False), rel
     other = synth.generate(str(tmp_path / "b"), scale="tiny", seed=SEED + 1, progress=False)
     assert not filecmp.cmp(os.path.join(tiny.out, "events.jsonl"), other["paths"]["events"], shallow=False)
@@ -136,15 +174,23 @@ def test_every_query_maps_to_one_intent(tiny):
     for q, t in tiny.queries.items():
         intents[normalize(q)].add((t["leaf_category"], t["brand"], t["colour"], t["style"]))
     assert all(len(v) == 1 for v in intents.values())
-    # The intent is written in the query: a word for its category and for each attribute.
-    leaf_words = {c["name"]: [c["name"], *c["synonyms"]] for c in tiny.lexicon["leaf_categories"]}
-    brand_words = {b["name"]: [b["name"], *b["aliases"]] for b in tiny.lexicon["brands"]}
-    for q, t in tiny.queries.items():
-        nq = normalize(q)
+    _assert_intents_are_written(tiny)
+    assert tiny.summary["queries_respelled"] == 0  # no query fell back to its canonical form
+
+
+def _assert_intents_are_written(world: World) -> None:
+    """The intent is written in the query: a word for its category and for each attribute,
+    once a misspelled word is spelled right; a new spelling stands for its brand."""
+    leaf_words = {c["name"]: [c["name"], *c["synonyms"]] for c in world.lexicon["leaf_categories"]}
+    brand_words = {b["name"]: [b["name"], *b["aliases"]] for b in world.lexicon["brands"]}
+    new_spelled = {s["query"] for s in world.searches if s["new_spelling"]}
+    for q, t in world.queries.items():
+        nq = normalize(world.spelled(q))
+        brand = brand_words.get(t["brand"], []) + [world.spellings["new_spellings"].get(t["brand"])] * (q in new_spelled)
         assert any(normalize(w) in nq for w in leaf_words[t["leaf_category"]]), q
-        assert not t["brand"] or any(normalize(w) in nq for w in brand_words[t["brand"]]), q
+        assert not t["brand"] or any(normalize(w) in nq for w in brand), q
         assert t["colour"] in nq and t["style"] in nq, q
-        assert t["top_category"] == next(c["top_category"] for c in tiny.lexicon["leaf_categories"]
+        assert t["top_category"] == next(c["top_category"] for c in world.lexicon["leaf_categories"]
                                          if c["name"] == t["leaf_category"])
 
 
@@ -160,7 +206,7 @@ def test_categories_have_synonyms_used_in_queries(tiny):
     syn_only, searched = collections.Counter(), collections.Counter()
     for q, t in tiny.queries.items():
         leaf = next(c for c in tiny.lexicon["leaf_categories"] if c["name"] == t["leaf_category"])
-        nq = normalize(q)
+        nq = normalize(tiny.spelled(q))
         searched[leaf["name"]] += 1
         # The category word a query uses is the longest one it contains (纯牛奶 over 牛奶).
         used = max((w for w in [leaf["name"], *leaf["synonyms"]] if normalize(w) in nq), key=len)
@@ -215,6 +261,113 @@ def test_noisy_clicks_include_wrong_brand_in_the_right_category(tiny):
             wrong_attr += same_leaf
             other_leaf += not same_leaf
     assert wrong_attr > 50 and other_leaf > 50
+
+
+def test_phenomena_appear_at_their_configured_shares(small):
+    s = small.searches
+    assert len(s) == small.summary["searches"]
+    branded_test_day = [x for x in s if x["ts"] >= small.test_day_ts and small.queries[x["query"]]["brand"]]
+    shares = {
+        "typo": sum(x["typo"] for x in s) / len(s),
+        "new_spelling": sum(x["new_spelling"] for x in branded_test_day) / len(branded_test_day),
+        "history_intent": sum(x["history_intent"] for x in s) / len(s),
+    }
+    assert shares == pytest.approx(small.summary["phenomena"]["realised"], abs=1e-12)
+    # ~27k searches: sd ~0.002 for typo and history intent; ~230 branded test-day searches: sd ~0.024.
+    assert abs(shares["typo"] - synth.TYPO) < 0.008
+    assert abs(shares["history_intent"] - synth.HISTORY_INTENT) < 0.01
+    assert abs(shares["new_spelling"] - synth.NEW_SPELLING) < 0.08
+    # Misspelled brands and misspelled category words; brands from the session and from taste.
+    brand_words = {normalize(w) for b in small.lexicon["brands"] for w in (b["name"], *b["aliases"])}
+    brand_typos = sum(normalize(x["typo_of"]) in brand_words for x in s if x["typo"])
+    assert 0.1 < brand_typos / sum(x["typo"] for x in s) < 0.5
+    sources = collections.Counter(x["history_source"] for x in s if x["history_intent"])
+    assert sources["session"] > 300 and sources["favourite"] > 300
+
+
+@pytest.mark.parametrize("knob", ["typo", "new_spelling", "history_intent"])
+def test_a_phenomenon_is_absent_when_its_knob_is_zero(tmp_path, knob):
+    out = str(tmp_path)
+    others = {"typo", "new_spelling", "history_intent"} - {knob}
+    # The others raised, so that even the tiny world's ~70 test-day searches carry new spellings.
+    summary = synth.generate(out, scale="tiny", seed=SEED, progress=False, **{knob: 0.0}, **dict.fromkeys(others, 0.5))
+    w = World(out, summary, events=False)
+    assert not any(x[knob] for x in w.searches)
+    assert summary["phenomena"]["searches"][knob] == 0
+    assert all(summary["phenomena"]["searches"][k] > 0 for k in others)  # only this one is switched off
+    _assert_intents_are_written(w)  # and no unflagged misspelling or new spelling slipped in
+
+
+def test_misspelled_queries_tokenise_to_an_unseen_word_sharing_characters(tiny):
+    tok = _tokenizer(tiny)
+    typos = [x for x in tiny.searches if x["typo"]]
+    assert len(typos) > 100
+    variants = collections.defaultdict(set)
+    shares_bigram = 0
+    for x in typos:
+        q, wrong, right = x["query"], x["typo_word"], x["typo_of"]
+        assert wrong in q and normalize(wrong) != normalize(right), x
+        correct = tiny.spelled(q)
+        # jieba sees a word the right spelling does not have; characters still match.
+        assert set(tok.words(q)) - set(tok.words(correct)), (q, correct)
+        assert set(normalize(wrong)) & set(normalize(right)), x
+        shares_bigram += bool(_bigrams(q) & _bigrams(correct))
+        variants[normalize(right)].add(normalize(wrong))
+    assert shares_bigram > 0.5 * len(typos)
+    # Stable: a word has a few fixed misspellings (listed in truth/spellings.json), reused across searches.
+    listed = {normalize(k): {normalize(v) for v in vs} for k, vs in tiny.spellings["misspellings"].items()}
+    assert all(v <= listed[k] and len(v) <= synth.TYPO_VARIANTS for k, v in variants.items())
+    assert len({x["typo_word"] for x in typos}) < 0.8 * len(typos)
+
+
+def test_new_spellings_appear_only_on_the_test_day(small):
+    tok = _tokenizer(small)
+    new = small.spellings["new_spellings"]
+    for b in small.lexicon["brands"]:  # an abbreviation: characters and a bigram of the name or alias
+        spelling = new[b["name"]]
+        assert _bigrams(spelling) & (_bigrams(b["name"]) | set().union(*map(_bigrams, b["aliases"]))), spelling
+    flagged = [x for x in small.searches if x["new_spelling"]]
+    assert len(flagged) > 15 and all(x["ts"] >= small.test_day_ts for x in flagged)
+    seen = {w for i in small.items for w in tok.words(i.title)}
+    for q in {x["query"] for x in small.searches if x["ts"] < small.test_day_ts}:
+        words = set(tok.words(q))
+        assert not words & {normalize(v) for v in new.values()}, q
+        seen |= words
+    for x in flagged:
+        assert normalize(new[small.queries[x["query"]]["brand"]]) in normalize(x["query"]), x
+        assert set(tok.words(x["query"])) - seen, x  # a word never seen in a title or an earlier query
+
+
+def test_history_intents_name_the_category_and_click_the_remembered_brand(tiny):
+    hist = [x for x in tiny.searches if x["history_intent"]]
+    assert len(hist) > 100
+    clicks, session = collections.defaultdict(list), collections.defaultdict(list)
+    for e in tiny.search_clicks():
+        clicks[(e.user_id, e.ts, e.query)].append(e.item_id)
+    for x in tiny.searches:
+        session[x["session_id"]].append(x)
+    # A user's brands per top category in all their other sessions: what their behaviours show.
+    brands, own = collections.defaultdict(collections.Counter), collections.defaultdict(collections.Counter)
+    for e in tiny.events:
+        it = tiny.truth_items[e.item_id]
+        brands[(e.user_id, it["top_category"])][it["brand"]] += bool(it["brand"])
+        own[(e.session_id, it["top_category"])][it["brand"]] += bool(it["brand"])
+    favourite = favourite_is_top = 0
+    for x in hist:
+        t = tiny.queries[x["query"]]
+        assert (t["brand"], t["colour"], t["style"]) == ("", "", ""), x  # the query names only the category
+        relevant = [i for i in clicks[(x["user_id"], x["ts"], x["query"])] if tiny.relevant(i, x["query"])]
+        assert relevant and {tiny.truth_items[i]["brand"] for i in relevant} == {x["history_brand"]}, x
+        if x["history_source"] == "session":
+            named = [tiny.queries[y["query"]]["brand"] for y in session[x["session_id"]] if y["ts"] < x["ts"]]
+            assert [b for b in named if b][-1] == x["history_brand"], x  # the latest brand the session named
+        else:
+            favourite += 1
+            top = tiny.queries[x["query"]]["top_category"]
+            counts = brands[(x["user_id"], top)] - own[(x["session_id"], top)]
+            favourite_is_top += bool(counts) and counts.most_common(1)[0][0] == x["history_brand"]
+    # The favourite brand is the one the user's other sessions show most (of 5 per top category).
+    assert favourite > 100 and favourite_is_top > 0.6 * favourite
 
 
 def test_different_users_click_different_items_for_the_same_intent(tiny):
@@ -275,6 +428,10 @@ def test_bad_arguments_are_refused(tmp_path):
         synth.generate(str(tmp_path), noise=0.95)
     with pytest.raises(ValueError, match="format"):
         synth.generate(str(tmp_path), fmt="xml")
+    with pytest.raises(ValueError, match="typo"):
+        synth.generate(str(tmp_path), typo=1.5)
+    with pytest.raises(ValueError, match="history_intent"):
+        synth.generate(str(tmp_path), history_intent=-0.1)
 
 
 def test_chunked_generation_keeps_queries_unique_across_chunks(tmp_path, monkeypatch):
@@ -291,16 +448,28 @@ def test_chunked_generation_keeps_queries_unique_across_chunks(tmp_path, monkeyp
     assert {e.query for e in w.events if e.query} == set(w.queries)
     assert any(b["name"] not in {n for t in synth.TOP_CATEGORIES for n, _ in t.brands}
                for b in w.lexicon["brands"])  # generated brands beyond the named ones
+    # The per-search truth is written chunk by chunk too, one row per search.
+    assert os.path.exists(tmp_path / "truth" / "searches.parquet")
+    assert {(s["user_id"], s["ts"], s["query"]) for s in w.searches} == {
+        (e.user_id, e.ts, e.query) for e in w.events if e.query}
+    assert len(w.searches) == summary["searches"]
 
 
 def test_cli(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     synth.add_arguments(parser)
     args = parser.parse_args(["--scale", "tiny", "--seed", "1", "--out", str(tmp_path), "--format", "csv",
-                              "--noise", "0.1", "--no-progress"])
+                              "--noise", "0.1", "--typo", "0.2", "--new-spelling", "0", "--history-intent", "0.3",
+                              "--no-progress"])
     assert synth.main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["noise"] == 0.1 and os.path.exists(tmp_path / "events.csv")
+    ph = summary["phenomena"]
+    assert (ph["typo"], ph["new_spelling"], ph["history_intent"]) == (0.2, 0.0, 0.3)
+    assert ph["searches"]["new_spelling"] == 0 and ph["searches"]["typo"] > 0
+    assert os.path.exists(tmp_path / "truth" / "searches.jsonl")
+    defaults = parser.parse_args(["--out", str(tmp_path)])
+    assert (defaults.typo, defaults.new_spelling, defaults.history_intent) == (0.08, 0.15, 0.1)
 
 
 @pytest.mark.slow
