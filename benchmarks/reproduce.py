@@ -153,6 +153,9 @@ SLICE_TEXT = {
     "unseen_word": "queries with a word not in the training vocabulary (characters and bigrams must carry them)",
     "long_history": "users with >= 50 long-term behaviours (personalisation)",
     "branded": "queries that name a brand",
+    "typo": "misspelled queries (characters and bigrams)",
+    "new_spelling": "brand spellings first seen on the test day (characters and bigrams)",
+    "history_intent": "category-only queries whose clicks follow the session's or the user's brand (history)",
 }
 
 

@@ -77,6 +77,7 @@ class Truth:
     def __init__(self, truth_dir: str):
         from features.tokenizer import normalize
 
+        self.dir, self._flags = truth_dir, None
         qpath, ipath = os.path.join(truth_dir, "queries.jsonl"), os.path.join(truth_dir, "items.jsonl")
         if not os.path.exists(qpath):
             raise FileNotFoundError(f"no {qpath}; --truth must hold the generator's queries.jsonl")
@@ -96,6 +97,24 @@ class Truth:
         from features.tokenizer import normalize
 
         return self.queries.get(normalize(text))
+
+    def search_flags(self) -> dict:
+        """{(user_id, ts): {phenomenon: bool}} from the per-search truth
+        (`searches.jsonl` or `searches.parquet`), or {} when the world has none."""
+        if self._flags is None:
+            self._flags = {}
+            jsonl, parquet = (os.path.join(self.dir, f"searches.{ext}") for ext in ("jsonl", "parquet"))
+            if os.path.exists(jsonl):
+                rows = read_jsonl(jsonl)
+            elif os.path.exists(parquet):
+                import pyarrow.parquet as pq
+
+                rows = pq.read_table(parquet, columns=["user_id", "ts", *SEARCH_PHENOMENA]).to_pylist()
+            else:
+                rows = []
+            for r in rows:
+                self._flags[(str(r["user_id"]), int(r["ts"]))] = {k: bool(r.get(k)) for k in SEARCH_PHENOMENA}
+        return self._flags
 
     def pool_counts(self, fields) -> tuple[dict, dict]:
         """(items per leaf, items per (leaf, brand)) of a pool (its raw fields), by the
@@ -169,8 +188,8 @@ def embed_searches(model, data_dir: str, batch_size: int = 256, select=None, inf
     positives: list of S sets of item ids). Examples are grouped by search_id.
 
     `select(search_id) -> bool` keeps a subset of the searches; a list passed as `info`
-    receives one dict per search: search_id, query_words (tuple) and long_term (how many
-    long-term behaviours the user had), for slicing the metrics."""
+    receives one dict per search: search_id, user_id, ts, query_words (tuple) and
+    long_term (how many long-term behaviours the user had), for slicing the metrics."""
     import numpy as np
     import tensorflow as tf
 
@@ -179,7 +198,7 @@ def embed_searches(model, data_dir: str, batch_size: int = 256, select=None, inf
     from model.lookup import Lookup
 
     lookup = Lookup(vocab_dir(data_dir))
-    names = USER_FEATURE_NAMES + ("search_id", "query", "item_id")
+    names = USER_FEATURE_NAMES + ("search_id", "query", "item_id", "user_id", "ts")
     ds = tf.data.TFRecordDataset(split_files(data_dir, "test"), compression_type="GZIP")
     ds = ds.batch(batch_size).map(lambda s: parse_examples(s, names)).prefetch(2)
     index: dict[str, int] = {}
@@ -199,12 +218,14 @@ def embed_searches(model, data_dir: str, batch_size: int = 256, select=None, inf
             if info is not None:
                 words = raw["query_words"].numpy()
                 long_term = (raw["lt_item_id"].numpy() != b"").sum(axis=1)
+                users, times = raw["user_id"].numpy(), raw["ts"].numpy()
             for i in new:
                 index[sids[i]] = len(queries)
                 queries.append(qs[i])
                 positives.append(set())
                 if info is not None:
                     info.append({"search_id": sids[i], "long_term": int(long_term[i]),
+                                 "user_id": users[i].decode("utf-8"), "ts": int(times[i]),
                                  "query_words": tuple(w.decode("utf-8") for w in words[i] if w)})
         for s, it in zip(sids, items):
             if s in index:
@@ -310,6 +331,7 @@ def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, int
     }
 
 
+SEARCH_PHENOMENA = ("typo", "new_spelling", "history_intent")
 LONG_HISTORY = 50  # long-term behaviours from which a user counts as having a long history
 
 
@@ -317,7 +339,9 @@ def standard_slices(data_dir: str, queries, info: list[dict], truth=None) -> dic
     """The slices a component's effect should show in, as [S] bool flags: `unseen_word`
     (a query word not in the training vocabulary: characters and bigrams must carry it),
     `long_history` (>= LONG_HISTORY long-term behaviours: personalisation), `branded`
-    (the query names a brand, by the ground truth)."""
+    (the query names a brand, by the ground truth) and, when the synthetic world's
+    per-search truth is there (`truth/searches.*`), `typo`, `new_spelling` and
+    `history_intent` (docs/synthetic_world.md)."""
     import numpy as np
 
     from features.io import read_lines
@@ -330,6 +354,10 @@ def standard_slices(data_dir: str, queries, info: list[dict], truth=None) -> dic
     }
     if truth is not None:
         out["branded"] = np.array([bool((truth.query(q) or {}).get("brand")) for q in queries], bool)
+        flags = truth.search_flags()
+        for name in SEARCH_PHENOMENA:
+            if flags:
+                out[name] = np.array([bool(flags.get((i["user_id"], i["ts"]), {}).get(name)) for i in info], bool)
     return out
 
 

@@ -3,8 +3,8 @@ benchmarks and the experiment drivers start from.
 
     raw, processed, stats = prepare_data("data", "small", seed=7)
 
-Each stage is skipped when its output already exists for the same scale and seed;
-`fresh=True` redoes both.
+Each stage is skipped when its output already exists for the same scale, seed and
+phenomena (docs/synthetic_world.md); `fresh=True` redoes both.
 """
 from __future__ import annotations
 
@@ -15,12 +15,19 @@ import time
 
 
 def _world_matches(raw_dir: str, scale: str, seed: int) -> bool:
+    """The world there is this scale and seed, made with today's default phenomena (a
+    world from before a generator change is made again, not silently reused)."""
+    from pipeline import synth
+
     path = os.path.join(raw_dir, "world.json")
     if not os.path.exists(path):
         return False
     with open(path, encoding="utf-8") as f:
         world = json.load(f)
-    return world.get("scale") == scale and world.get("seed") == seed
+    knobs = {"typo": synth.TYPO, "new_spelling": synth.NEW_SPELLING, "history_intent": synth.HISTORY_INTENT}
+    phenomena = world.get("phenomena") or {}
+    return (world.get("scale") == scale and world.get("seed") == seed
+            and all(phenomena.get(k) == v for k, v in knobs.items()))
 
 
 def prepare_data(data_dir: str, scale: str, seed: int, fresh: bool = False, stages: int = 2) -> tuple[str, str, dict]:

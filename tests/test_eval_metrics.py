@@ -92,3 +92,15 @@ def test_bad_truth_file_names_the_line(tmp_path):
     (tmp_path / "queries.jsonl").write_text('{"query": "x", "leaf_category": "y"}\n{oops\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"queries.jsonl:2"):
         Truth(str(tmp_path))
+
+
+def test_search_flags_come_from_the_worlds_per_search_truth(world, tmp_path):
+    truth, _ = world
+    assert truth.search_flags() == {}  # a world without per-search truth: no such slices
+    rows = [{"user_id": "u1", "ts": 100, "query": "连衣群", "typo": True, "new_spelling": False, "history_intent": False},
+            {"user_id": "u2", "ts": 200, "query": "连衣裙", "typo": False, "new_spelling": False, "history_intent": True}]
+    with open(tmp_path / "truth" / "searches.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    flags = Truth(str(tmp_path / "truth")).search_flags()
+    assert flags[("u1", 100)]["typo"] and not flags[("u1", 100)]["history_intent"]
+    assert flags[("u2", 200)]["history_intent"]

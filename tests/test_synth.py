@@ -478,3 +478,19 @@ def test_small_scale_sizes(tmp_path):
     assert summary["items"] == 3000 and summary["users"] == 600
     assert 50_000 <= summary["events"] <= 80_000
     assert abs(summary["noise_realised"] - 0.2) < 0.01
+
+
+def test_a_world_from_before_the_phenomena_is_not_reused(tmp_path):
+    """prepare_data reuses a world only if it was made with today's phenomena."""
+    import json
+
+    from pipeline import synth
+    from pipeline.prepare import _world_matches
+
+    world = {"scale": "tiny", "seed": 7}
+    (tmp_path / "world.json").write_text(json.dumps(world), encoding="utf-8")
+    assert not _world_matches(str(tmp_path), "tiny", 7)
+    world["phenomena"] = {"typo": synth.TYPO, "new_spelling": synth.NEW_SPELLING, "history_intent": synth.HISTORY_INTENT}
+    (tmp_path / "world.json").write_text(json.dumps(world), encoding="utf-8")
+    assert _world_matches(str(tmp_path), "tiny", 7)
+    assert not _world_matches(str(tmp_path), "tiny", 8)
