@@ -70,6 +70,8 @@ def parse_args(argv=None):
     p.add_argument("--patience", type=int, default=3, help="evaluations without a gain before a run stops (default 3)")
     p.add_argument("--max-steps", type=int, default=5000, help="a run's step limit without a plateau (default 5000)")
     p.add_argument("--fresh", action="store_true", help="retrain every run (default: reuse finished runs)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report from the runs that have finished (a partial comparison)")
     p.add_argument("--k", default="50,200,1000", help="cut-offs (default 50,200,1000)")
     return p.parse_args(argv)
 
@@ -233,8 +235,13 @@ def markdown(report: dict) -> str:
                 return f"{100 * (m[key][k]['mean'] / b[key][k]['mean'] - 1):+.1f}%"
 
             lines.append(f"| {k} | {pts('recall')} | {rel('p_good')} | {rel('filter_pass')} |")
-    lines += ["", f"Wall time: {report['seconds'] / 60:.0f} min for the runs made in this invocation "
-              f"({report['runs_made']} of {report['runs']}; the others were reused) on {report['machine']}.", ""]
+    if report["runs_finished"] < report["runs"]:
+        lines[2:2] = [f"**Partial comparison: {report['runs_finished']} of {report['runs']} runs have finished** "
+                      "(the rest resume with the same command); a variant without a run is missing from the tables.", ""]
+    per_run = [p["seconds"] for r in report["results"] for p in r["per_seed"]]
+    lines += ["", f"Time: {sum(per_run) / 60:.0f} min of runs ({report['runs_finished']} runs; "
+              f"{report['runs_made']} made in the last invocation, which took {report['seconds'] / 60:.0f} min) "
+              f"on {report['machine']}.", ""]
     return "\n".join(lines)
 
 
@@ -294,6 +301,8 @@ def main(argv=None) -> int:
     for name, seed in bar:
         bar.set_postfix_str(f"{name} seed {seed}")
         existed = os.path.exists(os.path.join(args.runs, f"{name}-seed{seed}", "run.json"))
+        if args.report_only and not existed:
+            continue
         r = run_variant(name, seed, processed, args)
         made += args.fresh or not existed
         runs[name].append(r)
@@ -301,7 +310,9 @@ def main(argv=None) -> int:
         bar.write(f"{name:>8} seed {seed}: {r['steps']} steps (best {r['best_step']})  "
                   + "  ".join(f"R@{k} {m['recall'][str(k)]:.4f}" for k in m["k"]) + "  "
                   + "  ".join(f"P_good@{k} {m['p_good'][str(k)] or 0:.4f}" for k in m["k"]))
-    results = [aggregate(runs[v]) for v in variants]
+    results = [aggregate(runs[v]) for v in variants if runs[v]]
+    if not results:
+        raise SystemExit(f"no finished runs under {args.runs}")
     first = results[0]["per_seed"][0]
     report = {
         "world": relative(processed),
@@ -321,6 +332,7 @@ def main(argv=None) -> int:
         "results": results,
         "runs": len(jobs),
         "runs_made": int(made),
+        "runs_finished": sum(len(r["per_seed"]) for r in results),
         "seconds": round(time.time() - t0, 1),
         "machine": summary(),
     }
