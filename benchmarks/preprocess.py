@@ -1,11 +1,16 @@
 """Preprocessing benchmark: the Beam job against the tokenizer alone, in one run.
 
-    python -m benchmarks.preprocess --data data            # make bench-preprocess
+    python -m benchmarks.preprocess --data data              # make bench-preprocess: medium + large
+    python -m benchmarks.preprocess --data data --no-large   # the medium world only (a minute)
 
-Generates the medium synthetic world under DATA/medium/raw if it is missing, runs
-`ebr preprocess` on the DirectRunner (multi-processing, one worker per core) into
-DATA/medium/processed, then times the tokenizer alone on the same text and prints both
-side by side with the machine they ran on.
+Generates the medium synthetic world under DATA/medium/raw if it is missing (and the
+large one, 1.2M items and ~13.5M events, under DATA/large/raw), runs `ebr preprocess` on the DirectRunner
+(multi-processing, one worker per core) into OUT/<scale>/processed (OUT defaults to
+DATA), then times the tokenizer alone on the medium world's text and prints everything
+with the machine it ran on. Each job runs in its own process, so its figures are its
+own: events per second, CPU seconds, the peak memory of the largest worker process and
+of the driver, and the seconds each step of the job took (the runner's execution-time
+metrics, summed over workers), so the next bottleneck is visible.
 
 What the tokenizer figure measures: a fresh `features.Tokenizer` with the job's user
 dictionary (jieba's prefix dictionary build is timed apart), called on every catalog
@@ -92,6 +97,8 @@ def time_tokenizer(titles: list[str], queries: list[str], names: list[str]) -> d
 
 
 def time_pipeline(raw_dir: str, out_dir: str, beam_args: list[str]) -> dict:
+    """One job in this process; run it in a fresh process (`time_in_subprocess`) so the
+    peak memory of its workers is its own."""
     from pipeline.preprocess import run
 
     cpu0 = _cpu_seconds()
@@ -108,13 +115,34 @@ def time_pipeline(raw_dir: str, out_dir: str, beam_args: list[str]) -> dict:
         "examples": stats["examples_train"] + stats["examples_test"],
         "examples_per_s": (stats["examples_train"] + stats["examples_test"]) / wall,
         "reconcile": all(stats["reconcile"].values()),
+        "step_s": stats.get("step_seconds", {}),
+        # ru_maxrss is KiB on Linux; for children, the largest one that has exited
+        "peak_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "peak_driver_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def time_in_subprocess(raw_dir: str, out_dir: str, beam_args: list[str]) -> dict:
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from benchmarks.preprocess import time_pipeline; "
+            "print('RESULT ' + json.dumps(time_pipeline(sys.argv[1], sys.argv[2], sys.argv[3:])))")
+    out = subprocess.run([sys.executable, "-c", code, raw_dir, out_dir, *beam_args], capture_output=True, text=True)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if out.returncode != 0 or line is None:
+        raise RuntimeError(f"preprocess of {raw_dir} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return json.loads(line[len("RESULT "):])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="data", help="data root; the world goes to DATA/<scale>/raw")
+    parser.add_argument("--out", default=None, help="output root: OUT/<scale>/processed (default: DATA)")
     parser.add_argument("--scale", default="medium", help="synthetic world scale (default medium)")
+    parser.add_argument("--large", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the large world (1.2M items, ~13.5M events; generated if missing, which takes "
+                             "minutes; the job then takes most of an hour on 2 cores); --no-large skips it")
     parser.add_argument("--seed", type=int, default=7, help="world seed (default 7)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="DirectRunner workers (default: cores)")
     parser.add_argument(
@@ -122,40 +150,44 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    raw = os.path.join(args.data, args.scale, "raw")
-    out = os.path.join(args.data, args.scale, "processed")
-    if not os.path.exists(os.path.join(raw, "world.json")):
-        from pipeline.synth import generate
+    worlds = [args.scale] + (["large"] if args.large and args.scale != "large" else [])
+    for scale in worlds:
+        raw = os.path.join(args.data, scale, "raw")
+        if not os.path.exists(os.path.join(raw, "world.json")):
+            from pipeline.synth import generate
 
-        print(f"generating the {args.scale} world in {raw} ...")
-        generate(raw, args.scale, seed=args.seed)
+            print(f"generating the {scale} world in {raw} ...", flush=True)
+            generate(raw, scale, seed=args.seed)
 
     info = describe()
     print(f"machine: {summary(info)}"
           " (wall times stretch when other work shares the cores; CPU seconds much less)")
-    runs = {
-        "multi_processing": [
-            "--direct_running_mode=multi_processing",
-            f"--direct_num_workers={args.workers}",
-        ]
-    }
+    multi = ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
+    runs = {(args.scale, "multi_processing"): multi}
     if args.also_in_memory:
-        runs["in_memory"] = ["--direct_running_mode=in_memory"]
+        runs[(args.scale, "in_memory")] = ["--direct_running_mode=in_memory"]
+    for scale in worlds[1:]:
+        runs[(scale, "multi_processing")] = multi
     results = {}
-    for mode, beam_args in runs.items():
-        print(f"preprocess ({mode}) ...", flush=True)
-        results[mode] = time_pipeline(raw, out, beam_args)
+    for (scale, mode), beam_args in runs.items():
+        print(f"preprocess {scale} ({mode}) ...", flush=True)
+        raw = os.path.join(args.data, scale, "raw")
+        out = os.path.join(args.out or args.data, scale, "processed")
+        results[f"{scale}/{mode}"] = time_in_subprocess(raw, out, beam_args)
+    raw = os.path.join(args.data, args.scale, "raw")
     print("tokenizer alone ...", flush=True)
     titles, queries, names = read_texts(raw)
     tok = time_tokenizer(titles, queries, names)
 
-    job = results["multi_processing"]
+    job = results[f"{args.scale}/multi_processing"]
     print()
     print(f"{'':44}{'seconds':>10}{'per second':>14}")
-    for mode, r in results.items():
-        label = f"pipeline, {mode}" + (f" ({args.workers} workers)" if mode == "multi_processing" else "")
+    for key, r in results.items():
+        label = f"pipeline, {key}" + (f" ({args.workers} workers)" if key.endswith("multi_processing") else "")
         print(f"{label:44}{r['wall_s']:>10.1f}{r['events_per_s']:>14,.0f} events   "
-              f"({r['examples']:,} examples; {r['cpu_s']:.0f} CPU s, {r['events_per_cpu_s']:,.0f} events per CPU s)")
+              f"({r['events']:,} events, {r['examples']:,} examples; {r['cpu_s']:.0f} CPU s, "
+              f"{r['events_per_cpu_s']:,.0f} events per CPU s; peak memory: largest worker "
+              f"{r['peak_worker_mib']:,.0f} MiB, driver {r['peak_driver_mib']:,.0f} MiB)")
     print(f"{'tokenizer init (jieba + user dict)':44}{tok['init_s']:>10.2f}")
     print(f"{'tokenizer, cached as in the job':44}{tok['cached_s']:>10.1f}{tok['texts_per_s']:>14,.0f} texts    "
           f"({tok['titles']:,} titles + {tok['queries']:,} event queries)")
@@ -165,10 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"ratio: tokenizer throughput / pipeline throughput = {tok['texts_per_s'] / job['events_per_s']:.1f}x; "
           f"the job's tokenizer work ({tok['cached_s']:.1f} s on one core) is {share:.0%} of its wall time")
-    if "in_memory" in results:
-        print(f"ratio: multi-processing / in-memory speed = {results['in_memory']['wall_s'] / job['wall_s']:.2f}x")
+    if f"{args.scale}/in_memory" in results:
+        print(f"ratio: multi-processing / in-memory speed = "
+              f"{results[f'{args.scale}/in_memory']['wall_s'] / job['wall_s']:.2f}x")
+    for key, r in results.items():
+        total = sum(r["step_s"].values()) or 1
+        print(f"\nseconds per step, {key} (all workers; share of the steps' total):")
+        for step, sec in r["step_s"].items():
+            if sec / total >= 0.005:
+                print(f"  {step:36}{sec:>10.1f}  {sec / total:>6.1%}")
     report = {"machine": info, "pipeline": results, "tokenizer": tok, "scale": args.scale}
-    with open(os.path.join(args.data, args.scale, "bench_preprocess.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(args.out or args.data, args.scale, "bench_preprocess.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     return 0 if all(r["reconcile"] for r in results.values()) else 1
 

@@ -32,7 +32,11 @@ What is written:
       with their own query ('' for -1). Labelled candidates of the test search become
       events under its query at the anchor (1 click, 2 cart, 3 purchase); unlabelled
       candidates are impressions and are only counted. session_id is left empty
-      (sessions follow from the time gaps).
+      (sessions follow from the time gaps). A behaviour or candidate whose product id is
+      empty or -1 is dropped alone and counted (`dropped_bad_wid`); the rest of the user
+      stays.
+  OUT/source.json   {"source": "jdsearch", "text_units": "terms"}: the texts are term ids,
+      so `ebr preprocess` treats each term as a character and adjacent terms as bigrams.
   OUT/missing_items.txt  products referenced by events but absent from the metadata:
       `wid<TAB>events`, most referenced first. With --missing drop (default) their events
       are dropped and counted; with --missing placeholder each gets a catalog row with
@@ -73,6 +77,7 @@ PRODUCT_COLUMNS = (
     "cate_id_3", "cate_name_3", "cate_id_4", "cate_name_4", "shop_id",
 )
 PLACEHOLDER = "unknown"
+SOURCE_FILE = "source.json"  # read by `ebr preprocess` (pipeline.preprocess.SOURCE_FILE)
 BATCH_ROWS = 200_000
 
 
@@ -95,7 +100,7 @@ def _find(in_dir: str, names: tuple[str, ...]) -> str:
 
 def _lines(path: str, expected: tuple[str, ...]):
     """Yields (line number, fields, raw text); checks the header when there is one."""
-    with open(path, encoding="utf-8", newline="\n") as f:
+    with open(path, encoding="utf-8-sig", newline="\n") as f:  # a byte-order mark is not a field
         for n, line in enumerate(f, 1):
             text = line.rstrip("\r\n")
             fields = text.split("\t")
@@ -137,8 +142,10 @@ def parse_product(fields: list[str]) -> dict:
 
 
 def parse_behaviour(fields: list[str], user_id: str, anchor: int) -> tuple[list[dict], dict]:
-    """One user_behavior_data row -> (events of the contract in time order, row counts).
-    Items are not checked against the catalog here. BadRecord if the row is malformed."""
+    """One user_behavior_data row -> (events of the contract in time order, row counts:
+    impressions, history_events (the first events; the rest are the test search's) and
+    bad_wids (behaviours and candidates dropped for an empty or -1 product id)). Items are
+    not checked against the catalog here. BadRecord if the row is malformed."""
     if len(fields) != len(BEHAVIOUR_COLUMNS):
         raise contract.BadRecord("bad_columns", f"{len(fields)} columns, expected {len(BEHAVIOUR_COLUMNS)}")
     row = dict(zip(BEHAVIOUR_COLUMNS, fields))
@@ -170,12 +177,12 @@ def parse_behaviour(fields: list[str], user_id: str, anchor: int) -> tuple[list[
         raise contract.BadRecord("time_length_mismatch", f"{len(gaps)} times for {len(h_w)} behaviours (+1 expected)")
     if any(g < 0 for g in gaps):
         raise contract.BadRecord("bad_time", "negative time gap")
-    if any(w.strip() in ABSENT for w in h_w + [c for c, lv in zip(cands, levels) if lv > 0]):
-        raise contract.BadRecord("bad_wid", "empty or -1 product id")
-
-    total, elapsed, events = sum(gaps), 0, []
+    total, elapsed, events, bad_wids = sum(gaps), 0, [], 0
     for q, wid, kind, gap in zip(h_q, h_w, h_t, gaps):
         elapsed += gap
+        if wid.strip() in ABSENT:
+            bad_wids += 1  # one unusable behaviour, not the whole user
+            continue
         events.append(
             {
                 "user_id": user_id,
@@ -186,16 +193,16 @@ def parse_behaviour(fields: list[str], user_id: str, anchor: int) -> tuple[list[
                 "action": HISTORY_ACTIONS[kind],
             }
         )
+    history = len(events)
     for wid, lv in zip(cands, levels):
-        if lv > 0:
+        if lv > 0 and wid.strip() in ABSENT:
+            bad_wids += 1
+        elif lv > 0:
             events.append(
                 {"user_id": user_id, "ts": anchor, "session_id": "", "query": query, "item_id": wid.strip(),
                  "action": LABEL_ACTIONS[lv]}
             )
-    counts = {
-        "impressions": sum(lv == 0 for lv in levels),
-        "test_search_positive": any(lv in (1, 3) for lv in levels),
-    }
+    counts = {"impressions": sum(lv == 0 for lv in levels), "history_events": history, "bad_wids": bad_wids}
     return events, counts
 
 
@@ -238,7 +245,7 @@ def convert_jdsearch(
             "rows": 0, "users_written": 0, "bad_rows": Counter(), "impressions": 0,
             "test_searches_without_positive": 0,
         },
-        "events": {"written": Counter(), "dropped_missing_item": 0},
+        "events": {"written": Counter(), "dropped_missing_item": 0, "dropped_bad_wid": 0},
         "missing_items": 0,
         "placeholder_items": 0,
     }
@@ -291,8 +298,9 @@ def convert_jdsearch(
                     continue
                 bs["users_written"] += 1
                 bs["impressions"] += counts["impressions"]
-                bs["test_searches_without_positive"] += not counts["test_search_positive"]
-                for ev in events:
+                es["dropped_bad_wid"] += counts["bad_wids"]
+                test_positive = False
+                for i, ev in enumerate(events):
                     if ev["item_id"] not in known:
                         missing_refs[ev["item_id"]] += 1
                         if missing == "drop":
@@ -300,6 +308,9 @@ def convert_jdsearch(
                             continue
                     es["written"][ev["action"]] += 1
                     batch.append(ev)
+                    test_positive |= i >= counts["history_events"] and ev["action"] in ("click", "purchase")
+                # Counted on what is written: a test search whose positives were all dropped has none.
+                bs["test_searches_without_positive"] += not test_positive
                 if len(batch) >= BATCH_ROWS:
                     events_out.write(pa.Table.from_pylist(batch, schema=events_schema))
                     batch = []
@@ -324,6 +335,8 @@ def convert_jdsearch(
             f.write(f"{wid}\t{count}\n")
     stats["missing_items"] = len(missing_refs)
     stats["events"]["total_written"] = sum(stats["events"]["written"].values())
+    with open(os.path.join(out_dir, SOURCE_FILE), "w", encoding="utf-8") as f:
+        json.dump({"source": "jdsearch", "text_units": "terms"}, f)
     stats["seconds"] = round(time.time() - started, 2)
     stats["paths"] = paths
     stats = json.loads(json.dumps(stats))  # Counters -> plain dicts

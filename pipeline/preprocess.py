@@ -4,8 +4,14 @@
     ebr preprocess --raw gs://b/raw --out gs://b/processed --runner=DataflowRunner \\
         --project=P --region=R --temp_location=gs://b/tmp --setup_file=./setup.py
 
-Unknown options are Beam pipeline options, passed through unchanged. Without --runner the
-job runs on the DirectRunner in multi-processing mode with one worker per CPU core.
+Options the command does not know must be Beam pipeline options (passed through
+unchanged); anything else is an error. Without --runner the job runs on the DirectRunner in
+multi-processing mode with one worker per CPU core.
+
+The job fails loudly (non-zero exit, a message naming the table, file or field) when the
+input is unusable: a CSV header or Parquet schema without a required column, an output the
+runner cannot write (checked before the job starts), an empty table, a share of valid
+records below --min-valid-share, or no training example at all.
 
 Output layout (OUT):
     train/part-*.tfrecord.gz   one tf.train.Example per (search, positive item), days 1..train_days
@@ -13,6 +19,7 @@ Output layout (OUT):
     items/part-*.tfrecord.gz   item-tower features of every valid catalog item
     vocab/<name>.txt           one per features.vocab.VOCABS, most frequent first
     vocab/user_dict.txt        the tokenizer's user dictionary (brands, categories)
+    vocab/tokenizer.json       the tokenizer's settings (text units)
     vocab/item_freq.tsv        item_id <TAB> training examples with it as the positive
     users/part-*.tsv.gz        one line per user: user id (JSON) <TAB> history record (JSON)
     user_store/users.sqlite    the user feature store serving reads, built from users/ by the driver
@@ -21,16 +28,22 @@ Output layout (OUT):
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
+import threading
 import time
 from datetime import date, datetime
 
 from features import io as fio
 from features import logs
 from features.history import USER_STORE_DIR, USER_STORE_FILE
+from features.tokenizer import TEXT_UNITS
+from pipeline import contract
 from pipeline.timeline import DEFAULT_MAX_USER_EVENTS
 from pipeline.user_store import USERS_DIR, build_user_store
 
@@ -42,8 +55,22 @@ SKIP_REASONS = (
     "positive_query_without_tokens",  # positives of queries that normalise to nothing
     "search_without_positive",  # searches (only cart/collect under them)
     "events_over_user_cap",  # events of over-active users beyond --max-user-events
+    "positive_before_window",  # the part of positive_outside_window before it (history, by design)
+    "positive_after_window",  # the part after it: a sign of a wrong --test-date
 )
 POSITIVE_SKIP_REASONS = SKIP_REASONS[:2]
+READ_NOTES = ("blank_lines", "lines_split_at_cr")  # lines that are not records, or hold two
+DEFAULT_MIN_VALID_SHARE = 0.5
+SOURCE_FILE = "source.json"  # in the raw directory, from a converter: {"text_units": "terms", ...}
+REMOTE_ONLY_RUNNERS = ("DataflowRunner", "dataflow", "TestDataflowRunner")
+DIRECT_RUNNERS = (None, "DirectRunner", "direct", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+SNIFF_BYTES = 1 << 16
+log = logging.getLogger("ebr.preprocess")
+
+
+class UnusableInput(ValueError):
+    """The job ran but its input gave nothing usable (see `check_usable`); stats.json and
+    the dead letters are written, so the cause can be read there."""
 
 
 def add_arguments(parser) -> None:
@@ -65,7 +92,25 @@ def add_arguments(parser) -> None:
         default=DEFAULT_MAX_USER_EVENTS,
         help=f"newest events kept per user; the rest are counted as skipped (default {DEFAULT_MAX_USER_EVENTS})",
     )
-    parser.add_argument("--quiet", action="store_true", help="no summary at the end")
+    parser.add_argument(
+        "--earliest-date", default=None,
+        help=f"events before this UTC date are bad_ts (default {contract.EARLIEST_DATE})",
+    )
+    parser.add_argument(
+        "--latest-date", default=None,
+        help=f"events after this UTC date are bad_ts (default: {contract.FUTURE_DAYS} day after today)",
+    )
+    parser.add_argument(
+        "--min-valid-share", type=float, default=DEFAULT_MIN_VALID_SHARE,
+        help="fail when a table's share of valid records is below this, 0..1 "
+             f"(default {DEFAULT_MIN_VALID_SHARE}; 0 accepts any)",
+    )
+    parser.add_argument(
+        "--text-units", choices=TEXT_UNITS, default=None,
+        help="chars: characters and character bigrams of the text (default); terms: the text is "
+             f"pre-tokenised term ids (RAW/{SOURCE_FILE} from `ebr convert` says so)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress and no summary")
 
 
 def main(args) -> int:
@@ -79,11 +124,15 @@ def main(args) -> int:
         beam_args=list(getattr(args, "extra_args", None) or []),
         max_user_events=args.max_user_events,
         quiet=args.quiet,
+        earliest_date=args.earliest_date,
+        latest_date=args.latest_date,
+        min_valid_share=args.min_valid_share,
+        text_units=args.text_units,
     )
     return 0 if all(stats["reconcile"].values()) else 1
 
 
-def parse_date(value) -> date | None:
+def parse_date(value, option: str = "--test-date") -> date | None:
     if isinstance(value, datetime):
         return value.date()
     if value is None or isinstance(value, date):
@@ -91,7 +140,72 @@ def parse_date(value) -> date | None:
     try:
         return date.fromisoformat(str(value))
     except ValueError:
-        raise ValueError(f"--test-date {value!r} is not a date (YYYY-MM-DD)") from None
+        raise ValueError(f"{option} {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def check_beam_args(beam_args) -> None:
+    """Every pass-through argument must be a Beam pipeline option: a typo such as
+    `--trian-days` would otherwise be dropped by Beam with a log line nobody reads."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in PipelineOptions.__subclasses__():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(list(beam_args or []))
+    unknown = [a for a in unknown if a.startswith("-")]
+    if not unknown:
+        return
+    import argparse
+
+    own = argparse.ArgumentParser()
+    add_arguments(own)
+    known = list(own._option_string_actions) + list(parser._option_string_actions)
+    hints = []
+    for arg in unknown:
+        close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1)
+        hints.append(f"{arg}" + (f" (did you mean {close[0]}?)" if close else ""))
+    raise ValueError(f"unknown option {', '.join(hints)}: neither an option of ebr preprocess nor a Beam "
+                     "pipeline option")
+
+
+def _runner_name(options) -> str | None:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    if runner is not None and not isinstance(runner, str):
+        runner = getattr(runner, "__name__", type(runner).__name__)
+    return runner
+
+
+def check_output(out_dir: str, options) -> None:
+    """Fails before the job when the runner could not write OUT: a local path on
+    Dataflow, a scheme Beam or TensorFlow's record writer lacks, no permission."""
+    from apache_beam.io.filesystems import FileSystems
+
+    runner = _runner_name(options)
+    # Flink and Spark workers may share a mounted volume with the driver (k8s/: /store);
+    # Dataflow's workers never see this machine's disk.
+    if "://" not in out_dir and runner in REMOTE_ONLY_RUNNERS:
+        raise ValueError(f"--out {out_dir} is a local path, but the {runner}'s workers run on other machines and "
+                         "cannot write it; give a location they share (gs://...)")
+    if "://" in out_dir:
+        scheme = out_dir.split("://", 1)[0]
+        try:
+            FileSystems.get_filesystem(out_dir)
+        except ValueError:
+            raise ValueError(f"--out {out_dir}: Beam has no file system for {scheme}://") from None
+        import tensorflow as tf
+
+        schemes = [s for s in tf.io.gfile.get_registered_schemes() if s]
+        if scheme not in schemes:
+            raise ValueError(f"--out {out_dir}: TensorFlow's record writer, which writes the TFRecords, cannot "
+                             f"write {scheme}:// (it knows {', '.join(schemes)})")
+    probe = fio.join(out_dir, WORK_DIR, "probe")
+    try:
+        fio.write_text(probe, "ok")
+        FileSystems.delete([probe])
+    except Exception as e:  # noqa: BLE001  (any file system error means the same thing here)
+        raise ValueError(f"--out {out_dir} is not writable: {e}") from None
 
 
 def pipeline_options(beam_args=None):
@@ -112,50 +226,66 @@ def pipeline_options(beam_args=None):
 
 
 def _inputs(raw_dir: str, name: str) -> tuple[list[str], str, dict]:
-    """Files, format and (for CSV) the header of each file of one input."""
-    from pipeline import contract
-
+    """Files, format and (for CSV) the header of each file of one input, each file
+    checked before the job starts: required columns (CSV header, Parquet schema), and
+    a text encoding and line ends the job reads (`_sniff`)."""
     if "://" in raw_dir:
         paths = _match_remote(raw_dir, name)
     else:
         paths = [os.path.abspath(p) for p in contract.find_inputs(raw_dir, name)]
     fmt = contract.format_of(paths[0])
     headers = {}
-    if fmt == "csv":
-        for p in paths:
-            headers[p] = _csv_header(p)
+    for p in paths:
+        if fmt == "parquet":
+            with _open(p) as f:
+                contract.check_columns(p, name, contract.parquet_columns(f, p, name))
+            continue
+        head = _sniff(p)
+        if fmt == "csv":
+            headers[p] = contract.csv_columns(head.split(b"\n", 1)[0].decode("utf-8", "replace"))
+            if not any(headers[p]):
+                raise ValueError(f"{p}: empty CSV file, expected a header line")
+            contract.check_columns(p, name, headers[p])
     return paths, fmt, headers
+
+
+def _open(path: str):
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.open(path)  # decompresses by the suffix
+
+
+def _sniff(path: str) -> bytes:
+    """The first bytes of a text input, refused when the job would misread the whole file:
+    UTF-16 (every line a bad_encoding) or old Mac line ends (CR only: one giant line)."""
+    with _open(path) as f:
+        head = f.read(SNIFF_BYTES)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValueError(f"{path}: UTF-16 text; the contract wants UTF-8 (iconv -f UTF-16 -t UTF-8)")
+    if b"\r" in head and b"\n" not in head and len(head) > 1:
+        raise ValueError(f"{path}: old Mac line ends (CR only); the contract wants LF or CRLF (tr '\\r' '\\n')")
+    return head
 
 
 def _match_remote(raw_dir: str, name: str) -> list[str]:
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline import contract
-
-    base = raw_dir.rstrip("/")
-    patterns = [f"{base}/{name}.*", f"{base}/{name}-*.*", f"{base}/{name}/*.*"]
-    paths = sorted(
-        {m.path for r in FileSystems.match(patterns) for m in r.metadata_list if contract._known(m.path)}
-    )
-    if not paths:
-        raise FileNotFoundError(f"no {name} file in {raw_dir} (expected {name}.jsonl, {name}.csv or {name}.parquet)")
-    fmts = {contract.format_of(p) for p in paths}
-    if len(fmts) > 1:
-        raise ValueError(f"{name} files in {raw_dir} mix formats {sorted(fmts)}")
-    return paths
+    patterns = contract.table_patterns(raw_dir.rstrip("/"), name, "/")
+    paths = [m.path for r in FileSystems.match(patterns) for m in r.metadata_list]
+    return contract.check_table_files(paths, raw_dir, name)
 
 
-def _csv_header(path: str) -> list[str]:
-    import csv
-
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as f:
-        line = f.readline().decode("utf-8-sig")
-    header = next(csv.reader([line]), [])
-    if not header:
-        raise ValueError(f"{path}: empty CSV file, expected a header line")
-    return [h.strip() for h in header]
+def text_units_of(raw_dir: str, text_units: str | None = None) -> str:
+    """The tokenizer's text units: as given, else as RAW/source.json says, else chars."""
+    if text_units is not None:
+        return text_units
+    path = fio.join(raw_dir, SOURCE_FILE)
+    if not fio.exists(path):
+        return "chars"
+    units = json.loads(fio.read_text(path)).get("text_units", "chars")
+    if units not in TEXT_UNITS:
+        raise ValueError(f"{path}: text_units {units!r} is not one of {TEXT_UNITS}")
+    return units
 
 
 def _clean_outputs(out_dir: str) -> None:
@@ -171,31 +301,37 @@ def _clean_outputs(out_dir: str) -> None:
 
 
 def build(p, raw_dir: str, out_dir: str, *, test_date=None, train_days=7, test_days=1, shards=None,
-          max_user_events=DEFAULT_MAX_USER_EVENTS) -> dict:
-    """Composes the job on pipeline `p`. Returns a description of its inputs."""
+          max_user_events=DEFAULT_MAX_USER_EVENTS, plausible=None, text_units: str = "chars",
+          progress_dir: str | None = None) -> dict:
+    """Composes the job on pipeline `p`. Returns a description of its inputs.
+    `plausible`: the events' contract.TsRange (default `TsRange.default()`)."""
     import apache_beam as beam
 
     from pipeline import transforms as T
 
+    plausible = plausible or contract.TsRange.default()
     item_paths, item_fmt, item_headers = _inputs(raw_dir, "items")
     event_paths, event_fmt, event_headers = _inputs(raw_dir, "events")
     work_dir = fio.join(out_dir, WORK_DIR)
     vocab_dir = fio.join(out_dir, "vocab")
     num_shards = shards or 0
 
-    items = p | "ReadItems" >> T.ReadRecords("items", item_paths, item_fmt, item_headers)
-    events = p | "ReadEvents" >> T.ReadRecords("events", event_paths, event_fmt, event_headers)
+    items = p | "ReadItems" >> T.ReadRecords("items", item_paths, item_fmt, item_headers, None, progress_dir)
+    events = p | "ReadEvents" >> T.ReadRecords("events", event_paths, event_fmt, event_headers, plausible,
+                                               progress_dir)
     user_words = items.valid | "UserDictionary" >> T.UserDictionary()
-    joined = {"items": items.valid, "events": events.valid} | "JoinCatalog" >> T.JoinCatalog(user_words)
-    window = joined.events | "ComputeWindow" >> T.ComputeWindow(test_date, train_days, test_days)
-    examples = joined.events | "BuildExamples" >> T.BuildExamples(window, user_words, max_user_events)
+    joined = {"items": items.valid, "events": events.valid} | "JoinCatalog" >> T.JoinCatalog(
+        user_words, text_units, progress_dir)
+    window = joined.latest | "ComputeWindow" >> T.ComputeWindow(test_date, train_days, test_days)
+    examples = joined.events | "BuildExamples" >> T.BuildExamples(
+        window, user_words, max_user_events, text_units, progress_dir)
 
     examples.train | "WriteTrain" >> T.WriteTFRecords(fio.join(out_dir, "train"), num_shards)
     examples.test | "WriteTest" >> T.WriteTFRecords(fio.join(out_dir, "test"), num_shards)
     examples.users | "WriteUsers" >> T.WriteUserHistories(fio.join(out_dir, USERS_DIR), num_shards)
     (
         joined["items"]
-        | "SerializeItems" >> beam.Map(T.to_example)
+        | "SerializeItems" >> beam.Map(T.item_example)
         | "WriteItems" >> T.WriteTFRecords(fio.join(out_dir, "items"), num_shards)
     )
     (
@@ -208,7 +344,7 @@ def build(p, raw_dir: str, out_dir: str, *, test_date=None, train_days=7, test_d
         | "Tallies" >> beam.Flatten()
         | "WriteTallies" >> T.WriteTallies(out_dir, work_dir)
     )
-    user_dict = user_words | "SaveUserDict" >> beam.Map(T.save_user_dict, vocab_dir)
+    user_dict = user_words | "SaveUserDict" >> beam.Map(T.save_user_dict, vocab_dir, text_units)
     (
         (sizes, user_dict)
         | "Sizes" >> beam.Flatten()
@@ -217,8 +353,10 @@ def build(p, raw_dir: str, out_dir: str, *, test_date=None, train_days=7, test_d
     )
     window | "WriteWindow" >> beam.Map(T.write_json, fio.join(work_dir, "window.json"))
     return {
-        "items": {"format": item_fmt, "files": len(item_paths)},
-        "events": {"format": event_fmt, "files": len(event_paths)},
+        "items": {"format": item_fmt, "files": len(item_paths), "paths": item_paths},
+        "events": {"format": event_fmt, "files": len(event_paths), "paths": event_paths},
+        "plausible_ts": plausible.describe(),
+        "text_units": text_units,
     }
 
 
@@ -234,25 +372,41 @@ def run(
     pipeline=None,
     max_user_events: int = DEFAULT_MAX_USER_EVENTS,
     quiet: bool = False,
+    earliest_date=None,
+    latest_date=None,
+    min_valid_share: float = DEFAULT_MIN_VALID_SHARE,
+    text_units: str | None = None,
 ) -> dict:
     """Runs the job and returns the stats dict (also written to OUT/stats.json).
 
     `pipeline`: a Beam pipeline to build on and run (tests pass a TestPipeline); by
-    default one is made from `beam_args` (see `pipeline_options`).
+    default one is made from `beam_args` (see `pipeline_options`). Raises ValueError for
+    bad arguments or inputs before the job starts, and UnusableInput after it when
+    nothing usable came out (`check_usable`).
     """
     import apache_beam as beam
 
     test_date = parse_date(test_date)
+    plausible = contract.TsRange.default(parse_date(earliest_date, "--earliest-date"),
+                                         parse_date(latest_date, "--latest-date"))
     if train_days < 1 or test_days < 1:
         raise ValueError(f"--train-days and --test-days must be >= 1, got {train_days}, {test_days}")
     if max_user_events < 1:
         raise ValueError(f"--max-user-events must be >= 1, got {max_user_events}")
     if shards is not None and shards < 1:
         raise ValueError(f"--shards must be >= 1, got {shards}")
+    if not 0 <= min_valid_share <= 1:
+        raise ValueError(f"--min-valid-share must be in 0..1, got {min_valid_share}")
+    check_beam_args(beam_args)
+    text_units = text_units_of(raw_dir, text_units)
     for name in ("items", "events"):
-        _inputs(raw_dir, name)  # fail on missing or mixed inputs before touching OUT
+        _inputs(raw_dir, name)  # fail on missing, mixed or malformed inputs before touching OUT
+    options = pipeline.options if pipeline is not None else pipeline_options(beam_args)
+    check_output(out_dir, options)
     _clean_outputs(out_dir)
-    p = pipeline if pipeline is not None else beam.Pipeline(options=pipeline_options(beam_args))
+    p = pipeline if pipeline is not None else beam.Pipeline(options=options)
+    # Only the DirectRunner's workers share this machine's disk with the driver.
+    progress = Progress(quiet or _runner_name(options) not in DIRECT_RUNNERS)
     inputs = build(
         p,
         raw_dir,
@@ -262,22 +416,133 @@ def run(
         test_days=test_days,
         shards=shards,
         max_user_events=max_user_events,
+        plausible=plausible,
+        text_units=text_units,
+        progress_dir=progress.directory,
     )
     start = time.perf_counter()
-    with logs.captured_stderr():  # the DirectRunner's worker processes log to fd 2
-        p.run().wait_until_finish()
+    with logs.captured_stderr(), progress:  # the DirectRunner's worker processes log to fd 2
+        result = p.run()
+        result.wait_until_finish()
     seconds = time.perf_counter() - start
     window = _read_json(fio.join(out_dir, WORK_DIR, "window.json"), None) or {}
     user_store = build_user_store(out_dir, window.get("latest_event_ts"), progress=not quiet)
     stats = assemble_stats(out_dir, inputs=inputs, seconds=seconds, user_store=user_store)
+    stats["step_seconds"] = step_seconds(result)
     if not all(stats["reconcile"].values()):
-        logging.getLogger("ebr.preprocess").warning("preprocess: counts do not reconcile: %s", stats["reconcile"])
+        log.warning("preprocess: counts do not reconcile: %s", stats["reconcile"])
+    problems, warnings = check_usable(stats, min_valid_share)
+    stats["problems"], stats["warnings"] = problems, warnings
     text = json.dumps(stats, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     fio.write_text(fio.join(out_dir, "stats.json"), text)
     _remove_work_dir(out_dir)
     if not quiet:
         print_summary(stats, out_dir)
+    for w in warnings:
+        log.warning("preprocess: %s", w)
+    if problems:
+        raise UnusableInput("the input gave nothing usable:\n  " + "\n  ".join(problems)
+                            + f"\n(counts in {fio.join(out_dir, 'stats.json')}, records in "
+                            f"{fio.join(out_dir, 'dead_letter')})")
     return stats
+
+
+def step_seconds(result) -> dict:
+    """Seconds spent in each top-level step of the job, summed over workers, from the
+    runner's execution-time metrics (the DirectRunner reports them); {} when it has none."""
+    try:
+        counters = result.monitoring_metrics().query()["counters"]
+    except Exception:  # noqa: BLE001  (a runner without these metrics: nothing to report)
+        return {}
+    totals: dict[str, float] = {}
+    for c in counters:
+        if c.key.step and c.key.metric.name.endswith("ptransform_execution_time:total_msecs:v1"):
+            step = c.key.step.split("/", 1)[0]
+            totals[step] = totals.get(step, 0.0) + (c.committed or 0) / 1000
+    return {k: round(v, 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
+def check_usable(stats: dict, min_valid_share: float = DEFAULT_MIN_VALID_SHARE) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of a finished run: problems make the run fail (an empty
+    table, too few valid records, no training example), warnings are printed."""
+    problems, warnings = [], []
+    inputs = stats.get("inputs") or {}
+    for source in ("items", "events"):
+        files = ", ".join((inputs.get(source) or {}).get("paths", [])[:3]) or source
+        n_in, valid = stats[f"{source}_in"], stats[f"{source}_valid"]
+        if n_in == 0:
+            problems.append(f"{source}: no record in {files}")
+            continue
+        if valid / n_in < min_valid_share:
+            reasons = sorted(stats["dead_letter_by_source"].get(source, {}).items(), key=lambda kv: -kv[1])
+            top = ", ".join(f"{r} {n:,}" for r, n in reasons[:3])
+            problems.append(f"{source}: {valid:,} of {n_in:,} records valid ({valid / n_in:.1%}), below "
+                            f"--min-valid-share {min_valid_share:g}; most common reasons: {top} ({files})")
+    w = stats.get("window") or {}
+    if stats["events_valid"] and stats["examples_train"] == 0:
+        problems.append(
+            f"no training example: {stats['positives']:,} positives, "
+            f"{stats['skipped']['positive_outside_window']:,} outside the window "
+            f"(train {w.get('train_first_day')} .. {w.get('train_last_day')}, "
+            f"latest event {w.get('latest_event')}); check --test-date and --train-days")
+    after = stats["skipped"].get("positive_after_window", 0)
+    if after:
+        warnings.append(f"{after:,} positives are after the test window (last test day {w.get('test_last_day')}, "
+                        f"latest event {w.get('latest_event')}): is --test-date right?")
+    if stats["events_valid"] and stats["examples_test"] == 0:
+        warnings.append("no test example: the test days have no search with a positive")
+    return problems, warnings
+
+
+class Progress:
+    """Prints the job's progress every PRINT_SECONDS from the counts its workers write to a
+    local directory (`pipeline.transforms.PROGRESS_KEYS`): the DirectRunner prints none."""
+
+    PRINT_SECONDS = 5.0
+
+    def __init__(self, off: bool = False, file=None):
+        self.directory = None if off else tempfile.mkdtemp(prefix="ebr-progress-")
+        self.file = file or sys.stdout
+        self._stop = threading.Event()
+        self._thread = None
+
+    def totals(self) -> dict:
+        from pipeline.transforms import PROGRESS_KEYS
+
+        total = dict.fromkeys(PROGRESS_KEYS, 0)
+        for name in os.listdir(self.directory):
+            if name.endswith(".json"):
+                try:
+                    with open(os.path.join(self.directory, name), encoding="utf-8") as f:
+                        for k, v in json.load(f).items():
+                            total[k] = total.get(k, 0) + v
+                except (OSError, ValueError):
+                    continue  # being replaced
+        return total
+
+    def line(self, seconds: float) -> str:
+        t = self.totals()
+        return (f"  {seconds:5.0f} s  read items {t['items_in']:,}  events {t['events_in']:,}  |  joined "
+                f"{t['events_valid']:,} events  |  users {t['users']:,}  examples "
+                f"{t['examples_train'] + t['examples_test']:,}")
+
+    def _loop(self):
+        start = time.monotonic()
+        while not self._stop.wait(self.PRINT_SECONDS):
+            print(self.line(time.monotonic() - start), file=self.file, flush=True)
+
+    def __enter__(self):
+        if self.directory:
+            self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._thread:
+            self._stop.set()
+            self._thread.join()
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _read_json(path: str, default):
@@ -307,6 +572,7 @@ def assemble_stats(out_dir: str, *, inputs: dict | None = None, seconds: float |
             _, source, reason = key.split("/", 2)
             by_source.setdefault(source, {})[reason] = n
             dead_letter[reason] = dead_letter.get(reason, 0) + n
+    read = {k: counts.get(k, 0) for k in READ_NOTES}
     c = {k: counts.get(k, 0) for k in (
         "items_in", "items_valid", "events_in", "events_valid", "users", "users_capped", "searches",
         "searches_train", "searches_test", "positives", "examples_train", "examples_test",
@@ -328,6 +594,7 @@ def assemble_stats(out_dir: str, *, inputs: dict | None = None, seconds: float |
         "dead_letter": dict(sorted(dead_letter.items())),
         "dead_letter_by_source": {s: dict(sorted(r.items())) for s, r in by_source.items()},
         "skipped": skipped,
+        "read": read,
         "vocab": {k.split("/", 1)[1]: v for k, v in sorted(sizes.items()) if k.startswith("vocab/")},
         "user_dict_words": sizes.get("user_dict", 0),
         "item_freq_items": sizes.get("item_freq_items", 0),
@@ -361,7 +628,8 @@ def print_summary(stats: dict, out_dir: str, file=None) -> None:
         f"test {w.get('test_first_day')} .. {w.get('test_last_day')}",
         f"  examples train {stats['examples_train']:,}  test {stats['examples_test']:,}  "
         f"(positives {stats['positives']:,})",
-        f"  skipped {_listing(stats['skipped'])}",
+        # positive_outside_window is the sum of the before / after parts listed
+        f"  skipped {_listing({k: v for k, v in stats['skipped'].items() if k != 'positive_outside_window'})}",
         f"  dead letters {dead:,}" + (f" ({_listing(stats['dead_letter'])})" if dead else ""),
         f"  vocab {_listing(stats['vocab'])}",
     ]
@@ -371,4 +639,6 @@ def print_summary(stats: dict, out_dir: str, file=None) -> None:
                      f"{store['bytes'] / 2**20:.1f} MiB  {store['file']}")
     if not all(stats["reconcile"].values()):
         lines.append(f"  WARNING: counts do not reconcile: {stats['reconcile']}")
+    lines += [f"  WARNING: {w}" for w in stats.get("warnings", [])]
+    lines += [f"  ERROR: {p}" for p in stats.get("problems", [])]
     print("\n".join(lines), file=file)

@@ -168,6 +168,8 @@ class Timeline:
                 self.query_log.append((e.ts, e.query))
         self.query_ts = [ts for ts, _ in self.query_log]
         self._searches: list[Search] | None = None
+        self._recent_queries: fh.RecentQueries | None = None  # searches ask in time order: linear
+        self._recent_words_of = None
 
     def searches(self) -> list[Search]:
         """Every search (distinct ts, query with a non-empty query) in time order; a
@@ -196,7 +198,10 @@ class Timeline:
     def his_queries(self, t: int, words_of) -> list[str]:
         """Distinct earlier queries (ts < t), newest first, each its first
         MAX_HIS_QUERY_WORDS words joined by ' '; queries without words are left out."""
-        return fh.his_queries_at(self.query_log, self.query_ts, t, lambda q: fh.his_query_text(words_of(q)))
+        if self._recent_queries is None or self._recent_words_of != words_of:  # bound methods compare equal
+            self._recent_queries = fh.RecentQueries(self.query_log, lambda q: fh.his_query_text(words_of(q)))
+            self._recent_words_of = words_of
+        return self._recent_queries.at(t)
 
     def history(self, words_of) -> fh.UserHistory:
         """The user's record for the feature store: every behaviour and query the features
@@ -246,7 +251,8 @@ def user_searches(
 
     Tallies into `counts`: users, users_capped, events_over_user_cap, searches,
     searches_train, searches_test, positives, examples_train, examples_test,
-    search_without_positive, positive_outside_window, positive_query_without_tokens.
+    search_without_positive, positive_outside_window (= positive_before_window +
+    positive_after_window), positive_query_without_tokens.
     `vocab_counts["word" | "char" | "bigram"][token]` counts the query tokens of searches
     before the test window (test-time text never shapes a vocabulary);
     `item_freq[item_id]` counts training examples per positive item.
@@ -294,6 +300,8 @@ def timeline_searches(
         counts["positives"] += n
         if split is None:
             counts["positive_outside_window"] += n
+            # Before the window by design (history); after it, a sign of a wrong --test-date.
+            counts["positive_before_window" if search.ts < window.start else "positive_after_window"] += n
             continue
         if not tokens.chars:  # the query was all punctuation: nothing for the user tower to read
             counts["positive_query_without_tokens"] += n

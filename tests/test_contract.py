@@ -1,4 +1,6 @@
 """The raw data contract: validation names the field, timestamps parse both ways."""
+import os
+
 import pytest
 
 from pipeline import contract
@@ -62,3 +64,106 @@ def test_bad_lines_are_reported_not_raised(tmp_path):
     assert isinstance(records[1][1], BadRecord) and records[1][1].reason == "bad_json"
     with pytest.raises(FileNotFoundError, match="no items file"):
         contract.find_inputs(str(tmp_path), "items")
+
+
+# --- hostile values: each is one BadRecord naming the field, never a crash ---------------------
+
+RANGE = contract.TsRange.default(now=__import__("datetime").datetime(2024, 3, 9, tzinfo=__import__("datetime").timezone.utc))
+OK_TS = 1709900000  # 2024-03-08
+
+
+@pytest.mark.parametrize("value, detail", [
+    (float("inf"), "not a finite number"),
+    (float("-inf"), "not a finite number"),
+    ("1e400", "not a finite number"),
+    ("NaN", "neither epoch seconds nor ISO-8601"),
+    (OK_TS * 1000, "looks like milliseconds"),
+    (str(OK_TS * 1000), "looks like milliseconds"),
+    (OK_TS * 1_000_000, "looks like microseconds"),
+    (float(OK_TS) * 1e9, "looks like nanoseconds"),
+    (10**30, "after the plausible range"),
+    ("4102444800", "after the plausible range"),  # 2100-01-01
+    ("2031-01-01T00:00:00Z", "after the plausible range"),
+    ("-5", "negative"),
+    (-1.5, "negative"),
+    ("1999-12-31", "before the plausible range"),
+    (86400, "before the plausible range"),
+    ("0001-01-01T00:00:00+01:00", "before the plausible range"),
+    ({"x": 1}, "dict"),
+    ([OK_TS], "list"),
+    (True, "not a time"),
+])
+def test_implausible_times_are_bad_ts_with_a_helpful_detail(value, detail):
+    with pytest.raises(BadRecord) as e:
+        validate_event({"user_id": "u", "ts": value, "item_id": "i", "action": "click"}, RANGE)
+    assert e.value.reason == "bad_ts" and detail in e.value.detail
+
+
+def test_plausible_range_is_inclusive_and_can_be_widened():
+    from datetime import date
+
+    assert parse_ts(RANGE.start, RANGE) == RANGE.start and parse_ts(RANGE.end - 1, RANGE) == RANGE.end - 1
+    assert parse_ts("2024-03-10T23:59:59Z", RANGE)  # one day after "now" is still plausible
+    wide = contract.TsRange.default(date(1990, 1, 1), date(2040, 1, 1))
+    assert parse_ts("1995-06-01", wide) == 801964800
+    with pytest.raises(ValueError, match="before the earliest"):
+        contract.TsRange.default(date(2020, 1, 1), date(2019, 1, 1))
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("item_id", {"x": 1}, "bad_type"),
+    ("item_id", [1, 2], "bad_type"),
+    ("item_id", True, "bad_type"),
+    ("item_id", 12.5, "bad_type"),
+    ("user_id", 3.0, "bad_type"),
+    ("item_id", "i\n2", "control_character"),
+    ("user_id", "u\t1", "control_character"),
+    ("session_id", "s\x00", "control_character"),
+    ("item_id", "i\u20281", "control_character"),
+    ("item_id", "i\ud800", "bad_encoding"),
+    ("query", "跑步鞋\udfff", "bad_encoding"),
+    ("item_id", b"\xff\xfe", "bad_encoding"),
+])
+def test_wrong_types_control_characters_and_surrogates_are_rejected(field, value, reason):
+    record = {"user_id": "u", "ts": OK_TS, "item_id": "i", "action": "click", field: value}
+    with pytest.raises(BadRecord) as e:
+        validate_event(record, RANGE)
+    assert e.value.reason == reason and repr(field) in e.value.detail
+
+
+def test_free_text_keeps_its_words_across_line_breaks_and_ints_are_ids():
+    ev = validate_event({"user_id": 7, "ts": OK_TS, "item_id": 12, "action": "click", "query": "跑步鞋\n\t耐克"}, RANGE)
+    assert (ev.user_id, ev.item_id, ev.query) == ("7", "12", "跑步鞋 耐克")
+    item = {"item_id": "i", "title": "a\r\nb", "leaf_category": "l\n", "top_category": "t", "shop": "s"}
+    assert validate_item(item).title == "a b" and validate_item(item).leaf_category == "l"  # trailing space stripped
+    for category in ("l\nx", "l\x00x"):
+        with pytest.raises(BadRecord) as e:
+            validate_item({**item, "leaf_category": category})
+        assert e.value.reason == "control_character"
+    for price in (float("inf"), "nan", True, -1, {"p": 1}):
+        with pytest.raises(BadRecord) as e:
+            validate_item({**item, "price": price})
+        assert e.value.reason == "bad_price"
+
+
+def test_compressed_shards_are_inputs_and_unknown_extensions_are_refused(tmp_path):
+    import gzip
+
+    (tmp_path / "events-0.jsonl").write_text('{"a": 1}\n')
+    with gzip.open(tmp_path / "events-1.jsonl.gz", "wt") as f:
+        f.write('{"a": 2}\n')
+    found = contract.find_inputs(str(tmp_path), "events")
+    assert [os.path.basename(p) for p in found] == ["events-0.jsonl", "events-1.jsonl.gz"]
+    assert [r for _, r in contract.iter_raw(found[1])] == [{"a": 2}]
+    assert contract.format_of("x/items.CSV.GZ") == "csv"
+    (tmp_path / "events-2.jsonl.zip").write_text("")
+    with pytest.raises(ValueError, match=r"events-2\.jsonl\.zip: unknown format"):
+        contract.find_inputs(str(tmp_path), "events")
+    with pytest.raises(ValueError, match="unknown format"):
+        contract.format_of("items.parquet.gz")  # Parquet compresses inside the file
+
+
+def test_missing_columns_name_the_file_and_the_field():
+    with pytest.raises(ValueError, match=r"events\.csv: no column 'ts' \(required in events\)"):
+        contract.check_columns("events.csv", "events", contract.csv_columns("\ufeffuser_id,item_id,action\r\n"))
+    contract.check_columns("items.csv", "items", ["item_id", "title", "leaf_category", "top_category", "shop"])

@@ -155,3 +155,61 @@ def test_first_release_file_names_are_read(tmp_path):
     shutil.copy(os.path.join(FIXTURE, "product_meta_data.txt"), tmp_path / "product_data.txt")
     convert.convert_jdsearch(str(tmp_path), str(tmp_path / "out"), fmt="jsonl", progress=False)
     assert _events(str(tmp_path / "out" / "events.jsonl")) == EXPECTED_EVENTS
+
+
+def _hostile_copy(tmp_path, behaviour_rows):
+    """The fixture with a byte-order mark before each header and extra behaviour rows."""
+    d = tmp_path / "jd"
+    d.mkdir()
+    for name in ("user_behavior_data.txt", "product_meta_data.txt"):
+        with open(os.path.join(FIXTURE, name), encoding="utf-8") as f:
+            text = f.read()
+        if name.startswith("user"):
+            text += "".join(row + "\n" for row in behaviour_rows)
+        (d / name).write_text("\ufeff" + text, encoding="utf-8")
+    return d
+
+
+def test_a_bom_header_a_bad_history_wid_and_dropped_test_positives(tmp_path):
+    rows = [
+        # u8: one history product id is -1: only that behaviour goes, the user and the test search stay.
+        "52\t105\t1.0\t52_-1\t101_-1\tCLICK_CLICK\t0_50_100",
+        # u9: the test search's only click is on a product missing from the catalog (dropped).
+        "53\t999\t1.0\t\t\t\t0",
+    ]
+    stats = convert.convert_jdsearch(str(_hostile_copy(tmp_path, rows)), str(tmp_path / "out"), fmt="jsonl",
+                                     progress=False)
+    assert stats["products"]["rows"] == 7 and stats["products"]["items_written"] == 5  # the header is no product
+    events = _events(str(tmp_path / "out" / "events.jsonl"))
+    assert events[len(EXPECTED_EVENTS):] == [("u8", A - 150, "52", "101", "click"), ("u8", A, "52", "105", "click")]
+    assert stats["events"]["dropped_bad_wid"] == 1 and stats["behaviour"]["users_written"] == 6
+    # u3 (a cart only) and u9 (its click dropped with the missing product): counted after the drop.
+    assert stats["behaviour"]["test_searches_without_positive"] == 2
+    with open(tmp_path / "out" / "source.json", encoding="utf-8") as f:
+        assert json.load(f) == {"source": "jdsearch", "text_units": "terms"}
+
+
+def test_preprocess_reads_term_ids_as_the_character_unit(tmp_path):
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from features import Tokenizer
+    from pipeline.preprocess import run
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    convert.convert_jdsearch(FIXTURE, str(raw), fmt="jsonl", progress=False)
+    stats = run(str(raw), str(out), test_date="2023-01-09", pipeline=TestPipeline(), quiet=True)
+    assert stats["inputs"]["text_units"] == "terms" and stats["examples_train"] > 0
+    import tensorflow as tf
+
+    from features.spec import parse_examples
+
+    chars = (out / "vocab" / "char.txt").read_text(encoding="utf-8").split()
+    assert "11" in chars and "1" not in chars  # the term "11", not the digit
+    records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(map(str, (out / "train").glob("part-*"))),
+                                                          compression_type="GZIP")]
+    train = parse_examples(records)
+    by_query = {q.decode(): [b.decode() for b in row if b] for q, row in
+                zip(train["query"].numpy(), train["query_bigrams"].numpy())}
+    assert by_query["41 43"] == ["41_43"] and by_query["50"] == []
+    tok = Tokenizer.load(str(out / "vocab"))  # serving rebuilds the same tokenizer
+    assert tok.text_units == "terms" and tok.tokenize("41 43").bigrams == ("41_43",)

@@ -70,3 +70,27 @@ def test_example_round_trip_pads_and_truncates():
 def test_rank_tokens_min_count_and_order():
     counts = {"b": 3, "a": 3, "c": 1, "": 9, "d": 2}
     assert rank_tokens(counts, 2) == ["a", "b", "d"]
+
+
+def test_recent_queries_answer_as_his_queries_at_in_any_order_of_times():
+    import random
+
+    from features.history import RecentQueries, his_queries_at
+
+    rng = random.Random(1)
+    log = sorted((rng.randrange(200), rng.choice("abcdefghijklmnopq") * rng.randrange(0, 3)) for _ in range(400))
+    log_ts = [t for t, _ in log]
+    recent = RecentQueries(log, str.upper)
+    times = sorted(rng.randrange(-5, 210) for _ in range(150)) + [rng.randrange(210) for _ in range(50)]
+    for t in times:  # mostly forward, as the job asks; then at random, which starts over
+        assert recent.at(t) == his_queries_at(log, log_ts, t, str.upper), t
+
+
+def test_term_units_make_terms_the_characters_and_term_pairs_the_bigrams(tmp_path):
+    tok = Tokenizer([], text_units="terms")
+    terms = ("1203", "88", "4071")
+    assert tok.tokenize("１２03\x18 88  4071") == (terms, ("1203_88", "88_4071"), terms)
+    tok.save(str(tmp_path))
+    assert Tokenizer.load(str(tmp_path)).text_units == "terms"
+    with pytest.raises(ValueError, match="text_units"):
+        Tokenizer([], text_units="bytes")
