@@ -54,6 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--train-steps", type=int, default=3, help="training steps per timing round")
     p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (the median is reported)")
     p.add_argument("--skip-while-loop", action="store_true", help="do not time the while-loop LSTM variant")
+    p.add_argument("--skip-fast", action="store_true", help="do not time the variant with model.fast's layers")
     p.add_argument("--json", help="also write the figures to this JSON file")
     return p.parse_args(argv)
 
@@ -81,6 +82,8 @@ def random_batch(tf, config, batch: int, seed: int, sizes: dict) -> dict:
     for f in ITEM_FEATURES:
         out[SAMPLED_ITEM_PREFIX + f.name] = ids(f.name, [config.num_random_negatives] + list(f.shape))
     out["item_log_q"] = tf.constant(rng.uniform(-12, -4, size=[batch]).astype("float32"))
+    out[SAMPLED_ITEM_PREFIX + "item_log_q"] = tf.constant(
+        rng.uniform(-12, -4, size=[config.num_random_negatives]).astype("float32"))
     return out
 
 
@@ -113,10 +116,24 @@ def matmul_size(tf) -> int:
     return best_n
 
 
-def build(tf, config, sizes):
-    from model.mgdspr import build_model, make_optimizer
+def build(tf, config, sizes, fast: bool = False):
+    """The model compiled with the paper's optimiser; `fast`: with model.fast's LSTM and
+    distinct-id lookups swapped in before it is built (same maths, docs/scale.md)."""
+    from model.mgdspr import MGDSPR, build_model, make_optimizer
 
-    model = build_model(config, sizes)
+    if fast:
+        from model.fast import LSTM, unique_lookup
+
+        model = MGDSPR(config, sizes)
+        tables = model.embeddings.tables
+        model.embeddings.lookup = lambda vocab, ids: unique_lookup(tables[vocab], ids)
+        real_time = model.user_tower.real_time
+        real_time.lstms = [LSTM(config.embedding_dim, name=f"lstm_{i}") for i in range(len(real_time.lstms))]
+        dummy = model.dummy_inputs()
+        model.user_tower(dummy, training=False)
+        model.item_tower(dummy, training=False)
+    else:
+        model = build_model(config, sizes)
     model.compile(make_optimizer(config))
     model.optimizer.build(model.trainable_variables)  # slot variables now, not in the timed step
     return model
@@ -187,9 +204,14 @@ def main(argv=None) -> int:
         measures["train_while_loop"] = (lambda: loop_step(train_batch)["loss"].numpy(), args.train_steps)
         # Same arithmetic as the unrolled graph; the profiler just cannot count inside the loop.
         flops["train_while_loop"] = flops["train_unrolled"]
+    if not args.skip_fast:
+        fast_model = build(tf, config.replace(lstm_unroll=False), sizes, fast=True)
+        fast_step = tf.function(fast_model.train_step).get_concrete_function(train_batch)
+        measures["train_fast"] = (lambda: fast_step(train_batch)["loss"].numpy(), args.train_steps)
+        flops["train_fast"] = flops["train_unrolled"]
     seconds = interleaved(measures, args.rounds)
     peak = 2 * n**3 / seconds.pop("matmul") / 1e9
-    examples = {"train_unrolled": b, "train_while_loop": b, f"user_{b}": b, "user_1": 1}
+    examples = {"train_unrolled": b, "train_while_loop": b, "train_fast": b, f"user_{b}": b, "user_1": 1}
     figures = {}
     for name, sec in seconds.items():
         per_s = examples[name] / sec
@@ -208,6 +230,7 @@ def main(argv=None) -> int:
     labels = {
         "train_unrolled": "train step (unrolled LSTM)",
         "train_while_loop": "train step (while-loop LSTM)",
+        "train_fast": "train step (model.fast layers)",
         f"user_{b}": f"user tower, batch {b}",
         "user_1": "user tower, batch 1",
     }
@@ -222,6 +245,14 @@ def main(argv=None) -> int:
     if "train_while_loop" in figures:
         ratio = figures["train_while_loop"]["examples_per_s"] / figures["train_unrolled"]["examples_per_s"]
         print(f"while-loop / unrolled LSTM training throughput: {ratio:.2f}x")
+    if "train_fast" in figures and "train_while_loop" in figures:
+        ratio = figures["train_fast"]["examples_per_s"] / figures["train_while_loop"]["examples_per_s"]
+        print(f"model.fast layers / as built (while-loop LSTM) training throughput: {ratio:.2f}x")
+    for name in ("train_while_loop", "train_fast"):
+        if name in figures:
+            share = figures[name]["share_of_peak"]
+            print(f"{labels[name]}: {100 * share:.0f}% of the matmul peak (goal >= 50%: "
+                  f"{'met' if share >= 0.5 else 'not met'})")
     b1, bn = figures["user_1"], figures[f"user_{b}"]
     print(
         f"user tower batch {b} / batch 1 throughput: {bn['examples_per_s'] / b1['examples_per_s']:.1f}x; "

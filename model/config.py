@@ -73,6 +73,10 @@ class MGDSPRConfig:
     clip_norm: float = 3.0  # global L2 norm of all gradients; 0 = no clipping
     seed: int = 0
 
+    # -- item ids at catalog scale (model/lookup.py, docs/scale.md) ---------------------
+    item_ids: str = "vocab"  # "vocab" (exact table) | "hash" | "integer" (pre-mapped 0..item_id_buckets-1)
+    item_id_buckets: int = 0  # rows of the hashed or pre-mapped item-id space
+
     def __post_init__(self):
         # JSON gives lists; keep tuples so configs compare and hash predictably.
         self.mlp_hidden_units = tuple(int(u) for u in self.mlp_hidden_units)
@@ -120,6 +124,11 @@ class MGDSPRConfig:
             problems.append(f"clip_norm must be >= 0, got {self.clip_norm}")
         if self.catalog_size < 0:
             problems.append(f"catalog_size must be >= 0, got {self.catalog_size}")
+        if self.item_ids not in ("vocab", "hash", "integer"):
+            problems.append(f"item_ids must be 'vocab', 'hash' or 'integer', got {self.item_ids!r}")
+        elif self.item_ids != "vocab" and (self.item_id_buckets < 1 or self.catalog_size < 1):
+            problems.append(f"item_ids={self.item_ids!r} needs item_id_buckets >= 1 (rows) and catalog_size >= 1 "
+                            f"(items, for log-Q), got {self.item_id_buckets} and {self.catalog_size}")
         if any(u <= 0 for u in self.mlp_hidden_units):
             problems.append(f"mlp_hidden_units must be positive, got {self.mlp_hidden_units}")
         if problems:

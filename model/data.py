@@ -7,6 +7,7 @@ One element per step is ONE dict:
     random negatives   neg_item_id [n], neg_title_words [n, 32], ...        (int64 ids)
     item_log_q         [b] float32: log of the positive's share of training positives,
                        i.e. of its chance to show up as an in-batch negative
+    neg_item_log_q     [n] float32: the same for the random items
 
 b = batch size, n = `config.num_random_negatives` (random catalog items from `OUT/items/`).
 Strings are mapped to ids by `model.lookup.Lookup` inside the pipeline, so under a
@@ -89,17 +90,44 @@ class LogQ(tf.Module):
         return tf.math.log(counts) - self.log_total
 
 
-def _records(files: list[str], input_context, shuffle: bool, seed: int | None) -> tf.data.Dataset:
-    """Serialized examples of `files`, sharded for this input pipeline: by file when there
-    are enough files, else by record (every pipeline reads everything, keeps its share)."""
-    n_pipes = input_context.num_input_pipelines if input_context else 1
-    pipe = input_context.input_pipeline_id if input_context else 0
+def input_pipeline(input_context=None, num_workers: int = 0):
+    """(pipelines, this pipeline's index) for sharding. Under a parameter-server strategy
+    (`num_workers` > 0) every worker's dataset function gets the same input context (one
+    pipeline, id 0), so the index is the worker's own, read when the function runs on that
+    worker (a tensor): each worker then reads its own shard with its own seed. Otherwise
+    the index comes from `input_context` (a horovod rank), or (1, 0) without one."""
+    if num_workers > 0:
+        return num_workers, tf.distribute.coordinator.experimental_get_current_worker_index()
+    if input_context is not None:
+        return input_context.num_input_pipelines, input_context.input_pipeline_id
+    return 1, 0
+
+
+def shuffled(ds: tf.data.Dataset, buffer: int, seed) -> tf.data.Dataset:
+    """`ds.shuffle`, reshuffled every pass, with `seed` an int or a tensor (a worker's own)."""
+    if not tf.is_tensor(seed):
+        return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    # tf.data folds a tensor seed into the graph seed in Python, which fails when that is
+    # 0; the worker's seed alone decides the order.
+    graph = tf.compat.v1.get_default_graph()
+    saved, graph.seed = graph.seed, None
+    try:
+        return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    finally:
+        graph.seed = saved
+
+
+def _records(files: list[str], pipeline: tuple, shuffle: bool, seed) -> tf.data.Dataset:
+    """Serialized examples of `files`, sharded for input pipeline `pipeline` = (count, index):
+    by file when there are enough files, else by record (every pipeline reads everything,
+    keeps its share)."""
+    n_pipes, pipe = pipeline
     ds = tf.data.Dataset.from_tensor_slices(files)
     by_file = n_pipes > 1 and len(files) >= n_pipes
     if by_file:
         ds = ds.shard(n_pipes, pipe)
     if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        ds = shuffled(ds, len(files), seed)
     ds = ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
         cycle_length=min(4, len(files)),
@@ -111,19 +139,22 @@ def _records(files: list[str], input_context, shuffle: bool, seed: int | None) -
     return ds
 
 
-def sampled_items(data_dir: str, num: int, lookup, seed: int | None = None) -> tf.data.Dataset:
+def sampled_items(data_dir: str, num: int, lookup, seed=None, log_q=None) -> tf.data.Dataset:
     """An endless stream of batches of `num` random catalog items, features prefixed `neg_`
     (ids). Uniform over the whole catalog: shuffled, repeated, batched. Not sharded: every
     worker samples from every item (with its own seed), so no worker's negatives are biased
     towards part of the catalog."""
     files = split_files(data_dir, "items")
-    ds = _records(files, None, True, seed)
-    ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = _records(files, (1, 0), True, seed)
+    ds = shuffled(ds, SHUFFLE_BUFFER, seed).repeat()
     ds = ds.batch(num, drop_remainder=True)
 
     def parse(serialized):
-        items = lookup(parse_examples(serialized, ITEM_FEATURE_NAMES))
-        return {SAMPLED_ITEM_PREFIX + k: v for k, v in items.items()}
+        raw = parse_examples(serialized, ITEM_FEATURE_NAMES)
+        out = {SAMPLED_ITEM_PREFIX + k: v for k, v in lookup(raw).items()}
+        if log_q is not None:  # their popularity, for the log-Q of the two samplers' union
+            out[SAMPLED_ITEM_PREFIX + LOG_Q] = log_q(raw["item_id"])
+        return out
 
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -137,28 +168,31 @@ def make_dataset(
     repeat: bool = True,
     shuffle: bool = True,
     with_log_q: bool = True,
+    num_workers: int = 0,
 ) -> tf.data.Dataset:
     """Training batches (see the module docstring) for one input pipeline.
 
-    `input_context`: a `tf.distribute.InputContext` (per worker under a parameter-server
-    strategy, per rank under horovod) to shard the files; `batch_size` defaults to the
-    per-replica share of `config.batch_size`. Call inside a `DatasetCreator` function so
-    that the lookup tables are created on the worker that reads the data."""
+    `input_context`: a `tf.distribute.InputContext` (per rank under horovod) to shard the
+    files; `num_workers` > 0: this is one of that many parameter-server workers, sharded and
+    seeded by the index of the worker it runs on (see `input_pipeline`). `batch_size`
+    defaults to the per-replica share of `config.batch_size`. Call inside a
+    `DatasetCreator` function so that the lookup tables are created on the worker that
+    reads the data."""
     from model.lookup import Lookup
 
     if batch_size is None:
         batch_size = (
             input_context.get_per_replica_batch_size(config.batch_size) if input_context else config.batch_size
         )
-    seed = config.seed
-    if input_context is not None and seed is not None:
-        seed = seed + 1000 * input_context.input_pipeline_id  # different order per worker
-    lookup = Lookup(vocab_dir(data_dir))
+    pipeline = input_pipeline(input_context, num_workers)
+    # A different order and different random negatives per worker or rank.
+    seed = config.seed + 1000 * pipeline[1]
+    lookup = Lookup(vocab_dir(data_dir), config)
     log_q = LogQ(join(vocab_dir(data_dir), ITEM_FREQ_FILE)) if with_log_q else None
 
-    ds = _records(split_files(data_dir, split), input_context, shuffle, seed)
+    ds = _records(split_files(data_dir, split), pipeline, shuffle, seed)
     if shuffle:
-        ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+        ds = shuffled(ds, SHUFFLE_BUFFER, seed)
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=True)
@@ -172,13 +206,14 @@ def make_dataset(
 
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     if config.num_random_negatives > 0:
-        negs = sampled_items(data_dir, config.num_random_negatives, lookup, seed)
+        negs = sampled_items(data_dir, config.num_random_negatives, lookup, seed, log_q)
         ds = tf.data.Dataset.zip((ds, negs)).map(lambda a, b: {**a, **b})
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def dataset_fn(data_dir: str, config, **kwargs):
-    """A `DatasetCreator` function: `fn(input_context) -> make_dataset(...)`."""
+    """A `DatasetCreator` function: `fn(input_context) -> make_dataset(...)`; pass
+    `num_workers` under a parameter-server strategy (see `make_dataset`)."""
 
     def fn(input_context=None):
         return make_dataset(data_dir, config, input_context, **kwargs)

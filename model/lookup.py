@@ -9,6 +9,13 @@ unseen tokens -> n+1..n+k by a fingerprint hash (k = `VOCABS[name].oov_buckets`)
 model accepts tokens it never saw in training. Only standard TensorFlow lookup ops
 (HashTableV2, InitializeTableFromTextFileV2, StringToHashBucketFast): the vocabulary
 files become SavedModel assets and TF Serving runs the graph unchanged.
+
+Item ids at catalog scale (`config.item_ids`, docs/scale.md): a string table over 10^8
+item ids on every worker and in the serving graph is too large, so instead of the exact
+`vocab` (the default) item ids can be hashed (`"hash"`: fingerprint into
+`config.item_id_buckets` rows, colliding items share a row; `hash_collisions` measures
+how many) or arrive pre-mapped (`"integer"`: decimal ids 0..item_id_buckets-1 assigned
+offline, one row each). Either way `item_id` has 1 + item_id_buckets rows and no table.
 """
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ from features.spec import FEATURES, MAX_HIS_QUERY_WORDS, PAD, SAMPLED_ITEM_PREFI
 from features.vocab import VOCABS, load_vocab, vocab_path
 
 HIS_QUERIES = "his_queries"
+ITEM_ID = "item_id"
+ITEM_ID_MODES = ("vocab", "hash", "integer")
 
 
 def vocab_of(name: str) -> str | None:
@@ -40,15 +49,25 @@ class Lookup(tf.Module):
     element the words of one earlier query joined by ' ') which becomes
     [b, H, MAX_HIS_QUERY_WORDS] ids (words beyond that are dropped, missing ones are 0).
     Features without a vocabulary, and features that are already integer, pass through.
+    `config` (an MGDSPRConfig) chooses how item ids map (`item_ids`, `item_id_buckets`);
+    without one they use the exact vocabulary.
     """
 
-    def __init__(self, vocab_dir: str, name: str = "lookup"):
+    def __init__(self, vocab_dir: str, config=None, name: str = "lookup"):
         super().__init__(name=name)
         self.vocab_dir = vocab_dir
+        self.item_ids = getattr(config, "item_ids", "vocab")
+        self.item_id_buckets = getattr(config, "item_id_buckets", 0)
+        if self.item_ids not in ITEM_ID_MODES:
+            raise ValueError(f"item_ids must be one of {ITEM_ID_MODES}, got {self.item_ids!r}")
+        if self.item_ids != "vocab" and self.item_id_buckets < 1:
+            raise ValueError(f"item_ids={self.item_ids!r} needs item_id_buckets >= 1, got {self.item_id_buckets}")
         self.vocab_sizes: dict[str, int] = {}
         self.tables = {}
         with self.name_scope:
             for vname, spec in sorted(VOCABS.items()):
+                if vname == ITEM_ID and self.item_ids != "vocab":
+                    continue  # no table: hashed or pre-mapped ids
                 n = len(load_vocab(vocab_dir, vname))
                 self.vocab_sizes[vname] = n
                 init = None
@@ -68,14 +87,33 @@ class Lookup(tf.Module):
     @property
     def table_sizes(self) -> dict[str, int]:
         """Embedding rows per vocabulary: mask + tokens + OOV buckets."""
-        return {v: 1 + n + VOCABS[v].oov_buckets for v, n in self.vocab_sizes.items()}
+        sizes = {v: 1 + n + VOCABS[v].oov_buckets for v, n in self.vocab_sizes.items()}
+        if self.item_ids != "vocab":
+            sizes[ITEM_ID] = 1 + self.item_id_buckets
+        return dict(sorted(sizes.items()))
 
     def ids(self, vocab: str, tokens: tf.Tensor) -> tf.Tensor:
         """int64 ids of a string tensor of any shape in vocabulary `vocab`."""
         tokens = tf.convert_to_tensor(tokens)
-        # Table ids are 0..n+k-1; shift by one so that 0 stays free for the mask.
-        ids = self.tables[vocab].lookup(tokens) + 1
+        if vocab == ITEM_ID and self.item_ids == "hash":
+            ids = tf.strings.to_hash_bucket_fast(tokens, self.item_id_buckets) + 1
+        elif vocab == ITEM_ID and self.item_ids == "integer":
+            ids = self._integer_ids(tokens)
+        else:
+            # Table ids are 0..n+k-1; shift by one so that 0 stays free for the mask.
+            ids = self.tables[vocab].lookup(tokens) + 1
         return tf.where(tf.equal(tokens, PAD), tf.zeros_like(ids), ids)
+
+    def _integer_ids(self, tokens: tf.Tensor) -> tf.Tensor:
+        """Pre-mapped decimal item ids 0..item_id_buckets-1 -> rows 1..item_id_buckets; an
+        id outside that range is an error naming the feature's id space."""
+        values = tf.strings.to_number(tf.where(tf.equal(tokens, PAD), "0", tokens), out_type=tf.int64)
+        in_range = tf.reduce_all((values >= 0) & (values < self.item_id_buckets))
+        check = tf.debugging.Assert(
+            in_range, [f"item_id outside the pre-mapped id space [0, {self.item_id_buckets}) (item_id_buckets):",
+                       tf.boolean_mask(tokens, (values < 0) | (values >= self.item_id_buckets))], summarize=5)
+        with tf.control_dependencies([check]):
+            return values + 1
 
     def __call__(self, feats: dict) -> dict:
         out = dict(feats)
@@ -95,3 +133,24 @@ def split_his_queries(his_queries: tf.Tensor, words: int = MAX_HIS_QUERY_WORDS) 
     ragged = tf.strings.split(his_queries)
     shape = tf.concat([tf.shape(his_queries, out_type=tf.int64), [words]], axis=0)
     return ragged.to_tensor(default_value=PAD, shape=shape)
+
+
+def hash_collisions(vocab_dir: str, buckets: int, chunk: int = 1 << 20) -> dict:
+    """How many items of the item vocabulary share a hashed row with another item when
+    hashed into `buckets` rows, next to the rate expected of a uniform hash,
+    1 - (1 - 1/buckets)^(items - 1). Reads the vocabulary in chunks (10^8 ids fit)."""
+    import numpy as np
+
+    tokens = load_vocab(vocab_dir, ITEM_ID)
+    rows = np.concatenate([tf.strings.to_hash_bucket_fast(tokens[i : i + chunk], buckets).numpy()
+                           for i in range(0, len(tokens), chunk)] or [np.zeros(0, np.int64)])
+    _, inverse, counts = np.unique(rows, return_inverse=True, return_counts=True)
+    colliding = int((counts[inverse] > 1).sum())
+    n = len(tokens)
+    return {
+        "items": n,
+        "buckets": buckets,
+        "colliding_items": colliding,
+        "collision_rate": colliding / n if n else 0.0,
+        "expected_collision_rate": 1 - (1 - 1 / buckets) ** max(n - 1, 0),
+    }

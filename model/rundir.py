@@ -98,7 +98,7 @@ def restore(model_dir: str, data_dir: str, checkpoint: str | None = None):
 
     config, info = load_trained(model_dir)
     path = checkpoint or info["checkpoint"]
-    table_sizes = Lookup(vocab_dir(data_dir)).table_sizes
+    table_sizes = Lookup(vocab_dir(data_dir), config).table_sizes
     if info.get("table_sizes") and info["table_sizes"] != table_sizes:
         raise ValueError(
             f"vocabularies in {vocab_dir(data_dir)} differ from the ones {model_dir} was trained on "

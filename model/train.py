@@ -47,6 +47,9 @@ from model.rundir import (
 )
 
 CLUSTERS = ("local-ps", "tf-config", "single", "horovod")
+# Steps per remote call on PS clusters: the coordinator's scheduling and the RPC then cost
+# once per this many steps.
+PS_STEPS_PER_EXECUTION = 10
 
 log = logging.getLogger("ebr.train")
 
@@ -58,7 +61,8 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps in total (overrides --epochs)")
     p.add_argument("--epochs", type=float, default=10.0,
                    help="passes over the training examples when --steps is not given (default 10)")
-    p.add_argument("--config", default=None, help="JSON file with MGDSPRConfig fields (defaults: the paper's values)")
+    p.add_argument("--config", default=None, help="a preset (paper, quick: tuned for short CPU runs) or a JSON file of MGDSPRConfig fields "
+                   "(default: the paper's values)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. --set embedding_dim=16 temperature=1")
     p.add_argument("--workers", type=int, default=2, help="local-ps: worker servers (default 2)")
@@ -67,9 +71,14 @@ def add_arguments(p) -> None:
                    help="steps between backups / checkpoints (default 200); a killed run resumes from the last one")
     p.add_argument("--min-shard-bytes", type=int, default=None,
                    help="PS clusters: variables above this size are split across the ps (default 256 KiB)")
-    p.add_argument("--steps-per-execution", type=int, default=1, help="steps per scheduled function (default 1)")
+    p.add_argument("--steps-per-execution", type=int, default=None,
+                   help="steps per function call; on PS clusters one call is one remote call from the coordinator "
+                        f"to a worker (default: {PS_STEPS_PER_EXECUTION} on PS clusters, else 1)")
     p.add_argument("--fresh", action="store_true", help="delete MODEL_DIR's previous run first instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.add_argument("--profile", action="store_true",
+                   help="profile the second round (after tracing) with TensorFlow's profiler into MODEL_DIR/logs "
+                        "(TensorBoard's Profile tab; `python -m benchmarks.profile MODEL_DIR/logs` summarises it)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -86,6 +95,16 @@ def plan_steps(total: int, checkpoint_steps: int) -> tuple[int, int]:
         raise ValueError(f"--checkpoint-steps must be >= 1, got {checkpoint_steps}")
     rounds = math.ceil(total / checkpoint_steps)
     return rounds, math.ceil(total / rounds)
+
+
+def steps_per_execution(args, strategy, per_round: int) -> int:
+    """--steps-per-execution, or its default: PS_STEPS_PER_EXECUTION on PS clusters (at most
+    a round), 1 elsewhere."""
+    if args.steps_per_execution is not None:
+        if args.steps_per_execution < 1:
+            raise ValueError(f"--steps-per-execution must be >= 1, got {args.steps_per_execution}")
+        return args.steps_per_execution
+    return min(PS_STEPS_PER_EXECUTION, per_round) if strategy is not None else 1
 
 
 def train_examples(data_dir: str) -> int:
@@ -131,18 +150,36 @@ def horovod_module():
     return hvd
 
 
+def summed_clipping(optimizer):
+    """The same optimizer, clipping at the global norm of the gradient it applies. Keras
+    clips a sparse (embedding) gradient as it comes, one row per lookup, so an id looked up
+    k times enters the norm as k rows rather than their sum; here rows are summed per id
+    first (which Keras does anyway right after clipping). The class keeps its name."""
+    base = type(optimizer)
+
+    class SummedClipping(base):
+        def _clip_gradients(self, grads):
+            return super()._clip_gradients(self._deduplicate_sparse_grad(grads))
+
+    SummedClipping.__name__ = SummedClipping.__qualname__ = base.__name__
+    return SummedClipping.from_config(optimizer.get_config())
+
+
 def allreduce_optimizer(optimizer, hvd):
-    """The same optimizer with gradients averaged across horovod ranks before every update
-    (IndexedSlices from embedding lookups stay sparse: allgathered, not densified). Wrapping
-    apply_gradients covers any train_step; the class keeps its name so checkpoints load
-    without horovod."""
+    """The same optimizer with gradients averaged across horovod ranks before every update,
+    so its clipping (of a `summed_clipping` optimizer: the global norm of the gradient
+    applied) sees the averaged gradient, as one process would. Sparse gradients from
+    embedding lookups stay sparse: summed per id on each rank, then allgathered (each
+    distinct row crosses the network once). Wrapping apply_gradients covers any
+    train_step; the class keeps its name so checkpoints load without horovod."""
     base = type(optimizer)
 
     class Allreduced(base):
         def apply_gradients(self, grads_and_vars, *args, **kwargs):
-            grads_and_vars = list(grads_and_vars)
+            grads, variables = zip(*grads_and_vars)
+            grads = self._deduplicate_sparse_grad(grads)
             reduced = []
-            for i, (g, v) in enumerate(grads_and_vars):
+            for i, (g, v) in enumerate(zip(grads, variables)):
                 if g is not None:
                     g = hvd.allreduce(g, op=hvd.Average, name=f"grad_{i}")
                 reduced.append((g, v))
@@ -284,21 +321,41 @@ def _callbacks_module():
                 "train_seconds": round(time.perf_counter() - self.t_start, 3),
             }
 
-    return RankAwareBackup, Broadcast, Checkpoints, Recorder
+    class Profile(tf.keras.callbacks.Callback):
+        """TensorFlow's profiler over one round (the second: the first traces and warms
+        up). It records every thread of this process, so under local-ps the in-process
+        workers' and parameter servers' ops too."""
+
+        def __init__(self, logdir: str, round_index: int = 1):
+            super().__init__()
+            self.logdir, self.round_index = logdir, round_index
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == self.round_index:
+                tf.profiler.experimental.start(self.logdir)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == self.round_index:
+                tf.profiler.experimental.stop()
+
+    return RankAwareBackup, Broadcast, Checkpoints, Recorder, Profile
 
 
 # ---------------------------------------------------------------------------------------
 # Training
 
 
-def run(args, config, mode: str, strategy=None, hvd=None) -> int:
+def run(args, config, mode: str, strategy=None, hvd=None, num_workers: int = 0) -> int:
+    """Trains in this process: the coordinator of a PS cluster of `num_workers` workers
+    (`strategy`), one horovod rank (`hvd`), or a single process."""
     import features  # noqa: F401
     import tensorflow as tf
 
-    from features.io import join
+    from features.io import exists, join
+    from features.vocab import vocab_path
     from model.cluster import sharded_over, variable_placement
     from model.data import dataset_fn, make_dataset, vocab_dir
-    from model.lookup import Lookup
+    from model.lookup import Lookup, hash_collisions
 
     rank = hvd.rank() if hvd else 0
     size = hvd.size() if hvd else 1
@@ -327,12 +384,19 @@ def run(args, config, mode: str, strategy=None, hvd=None) -> int:
     log.info("training %d steps (%d rounds of %d), %d examples per step, cluster %s",
              rounds * per_round, rounds, per_round, examples_per_step, mode)
 
-    table_sizes = Lookup(vocab_dir(args.data)).table_sizes
+    table_sizes = Lookup(vocab_dir(args.data), config).table_sizes
+    collisions = None
+    if chief and config.item_ids == "hash" and exists(vocab_path(vocab_dir(args.data), "item_id")):
+        collisions = hash_collisions(vocab_dir(args.data), config.item_id_buckets)
+        print(f"item ids hashed into {collisions['buckets']:,} rows: {collisions['colliding_items']:,} of "
+              f"{collisions['items']:,} items share a row ({100 * collisions['collision_rate']:.2f}%, "
+              f"{100 * collisions['expected_collision_rate']:.2f}% expected)", flush=True)
     with strategy.scope() if strategy else nullcontext():
         model, optimizer = build(config, table_sizes)
+        optimizer = summed_clipping(optimizer)
         if hvd:
             optimizer = allreduce_optimizer(optimizer, hvd)
-        model.compile(optimizer=optimizer, steps_per_execution=args.steps_per_execution)
+        model.compile(optimizer=optimizer, steps_per_execution=steps_per_execution(args, strategy, per_round))
         optimizer.build(model.trainable_variables)
 
     if strategy is not None:
@@ -341,14 +405,15 @@ def run(args, config, mode: str, strategy=None, hvd=None) -> int:
         sharded = sharded_over(placement)
         log.info("%d of %d variables sharded across the ps: %s", len(sharded), len(placement),
                  "; ".join(f"{k} -> {', '.join(v)}" for k, v in sharded.items()))
-        data = tf.keras.utils.experimental.DatasetCreator(dataset_fn(args.data, config))
+        # Each worker shards and seeds its input by its own index (model.data.input_pipeline).
+        data = tf.keras.utils.experimental.DatasetCreator(dataset_fn(args.data, config, num_workers=num_workers))
     elif hvd:
         ctx = tf.distribute.InputContext(num_input_pipelines=size, input_pipeline_id=rank, num_replicas_in_sync=1)
         data = make_dataset(args.data, config, ctx, batch_size=config.batch_size)
     else:
         data = make_dataset(args.data, config)
 
-    RankAwareBackup, Broadcast, Checkpoints, Recorder = _callbacks_module()
+    RankAwareBackup, Broadcast, Checkpoints, Recorder, Profile = _callbacks_module()
     checkpoints = Checkpoints(join(model_dir, CHECKPOINT_DIR))
     recorder = Recorder(per_round, examples_per_step, rounds * per_round,
                         progress=chief and not args.no_progress, per_batch=strategy is None, chief=chief)
@@ -358,6 +423,8 @@ def run(args, config, mode: str, strategy=None, hvd=None) -> int:
     callbacks.append(recorder)
     if chief:
         callbacks += [checkpoints, tf.keras.callbacks.TensorBoard(join(model_dir, LOG_DIR), update_freq="epoch")]
+        if args.profile:
+            callbacks.append(Profile(join(model_dir, LOG_DIR)))
 
     model.fit(data, epochs=rounds, steps_per_epoch=per_round, callbacks=callbacks, verbose=0)
 
@@ -378,6 +445,7 @@ def run(args, config, mode: str, strategy=None, hvd=None) -> int:
             "vocab_dir": os.path.abspath(vocab_dir(args.data)),
             "checkpoint": os.path.abspath(final),
             "table_sizes": table_sizes,
+            "item_id_hash": collisions,
             "steps": steps,
             "initial_step": recorder.initial_step,
             "steps_this_run": steps - recorder.initial_step,
@@ -418,12 +486,13 @@ def main(args) -> int:
             from model.evaluate import sidecar
 
             return sidecar(args.data, args.model_dir, config)
-        return run(args, config, "tf-config", parameter_server_strategy(resolver, min_shard))
+        workers = len(resolver.cluster_spec().as_dict()["worker"])
+        return run(args, config, "tf-config", parameter_server_strategy(resolver, min_shard), num_workers=workers)
     if args.cluster == "local-ps":
         if args.workers < 1 or args.ps < 1:
             raise ValueError(f"local-ps needs --workers >= 1 and --ps >= 1, got {args.workers} and {args.ps}")
         resolver = start_local_cluster(args.workers, args.ps)
-        return run(args, config, "local-ps", parameter_server_strategy(resolver, min_shard))
+        return run(args, config, "local-ps", parameter_server_strategy(resolver, min_shard), num_workers=args.workers)
     if args.cluster == "horovod":
         hvd = horovod_module()
         hvd.init()

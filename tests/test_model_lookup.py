@@ -90,3 +90,45 @@ def test_lookup_survives_a_savedmodel_round_trip(vocab_dir, tmp_path):
     np.testing.assert_array_equal(loaded.words(x).numpy(), words(x).numpy())
     # The vocabulary travelled as an asset of the SavedModel.
     assert tf.io.gfile.glob(f"{path}/assets/word.txt")
+
+
+def test_hashed_item_ids_need_no_table_and_report_their_collisions(vocab_dir):
+    from model.config import MGDSPRConfig
+    from model.lookup import hash_collisions
+
+    config = MGDSPRConfig(item_ids="hash", item_id_buckets=5, catalog_size=3)
+    lookup = Lookup(vocab_dir, config)
+    assert "item_id" not in lookup.tables and lookup.table_sizes["item_id"] == 1 + 5
+    assert lookup.table_sizes["word"] == Lookup(vocab_dir).table_sizes["word"]  # other vocabularies stay exact
+    feats = {"item_id": tf.constant(["item_id_0", "never_seen", ""]), "rt_item_id": tf.constant([["item_id_0", ""]])}
+    out = lookup(feats)
+    ids = out["item_id"].numpy()
+    assert 1 <= ids[0] <= 5 and 1 <= ids[1] <= 5 and ids[2] == 0  # unseen items hash too; "" stays the mask
+    assert out["rt_item_id"].numpy().tolist() == [[ids[0], 0]]  # the same item, the same row everywhere
+    # Three items in five rows: the report counts the items sharing a row with another.
+    rows = tf.strings.to_hash_bucket_fast(["item_id_0", "item_id_1", "item_id_2"], 5).numpy().tolist()
+    report = hash_collisions(vocab_dir, 5)
+    assert report["items"] == 3 and report["colliding_items"] == sum(rows.count(r) > 1 for r in rows)
+    assert report["expected_collision_rate"] == pytest.approx(1 - 0.8**2)
+    assert hash_collisions(vocab_dir, 1)["collision_rate"] == 1.0  # one row: every item collides
+
+
+def test_pre_mapped_integer_item_ids(vocab_dir):
+    from model.config import MGDSPRConfig
+
+    lookup = Lookup(vocab_dir, MGDSPRConfig(item_ids="integer", item_id_buckets=10, catalog_size=10))
+    assert lookup.table_sizes["item_id"] == 11
+    assert lookup({"item_id": tf.constant(["0", "9", ""])})["item_id"].numpy().tolist() == [1, 10, 0]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="item_id_buckets"):
+        lookup({"item_id": tf.constant(["10"])})
+
+
+def test_item_id_options_are_checked_with_the_field_named():
+    from model.config import MGDSPRConfig
+
+    with pytest.raises(ValueError, match="item_ids must be"):
+        MGDSPRConfig(item_ids="bloom")
+    with pytest.raises(ValueError, match="item_id_buckets"):
+        MGDSPRConfig(item_ids="hash", catalog_size=10)
+    with pytest.raises(ValueError, match="catalog_size"):
+        MGDSPRConfig(item_ids="integer", item_id_buckets=10)

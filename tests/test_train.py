@@ -102,7 +102,7 @@ def test_input_pipelines_shard_the_examples(tiny_world):
 
 
 def test_single_process_training(tiny_world, tmp_path):
-    out = ebr(*train_args(tiny_world[1], tmp_path, "single", 90, "--checkpoint-steps", 30))
+    out = ebr(*train_args(tiny_world[1], tmp_path, "single", 90, "--checkpoint-steps", 30, "--profile"))
     info = read_json(tmp_path / "train_info.json")
     assert info["steps"] == 90 and info["initial_step"] == 0 and info["complete"]
     assert read_json(tmp_path / "config.json")["embedding_dim"] == 16
@@ -110,6 +110,11 @@ def test_single_process_training(tiny_world, tmp_path):
     assert info["vocab_dir"] == os.path.abspath(f"{tiny_world[1]}/vocab")
     assert info["losses"][-1] < info["losses"][0]  # it learns
     assert list((tmp_path / "logs").rglob("events.out.tfevents*"))  # TensorBoard
+    # --profile recorded the second round; its summary finds the model's matmuls.
+    from benchmarks.profile import newest_profile, op_times
+
+    seconds, counts, wall = op_times(newest_profile(str(tmp_path / "logs")))
+    assert wall > 0 and any("MatMul" in op for op in seconds)
     assert "trained to step 90" in out.stdout
     # A finished run is not redone; another config in the same dir is refused.
     again = ebr(*train_args(tiny_world[1], tmp_path, "single", 90, "--checkpoint-steps", 30))
@@ -283,3 +288,60 @@ def test_horovod_ranks_end_identical(tiny_world, tmp_path):
     info = read_json(tmp_path / "train_info.json")  # rank 0 only
     assert info["ranks"] == 2 and info["examples_per_step"] == 64
     assert info["weights_sha256"] == digests[0]["weights_sha256"]
+
+
+@pytest.mark.skipif(not _horovod_installed(), reason="horovod is not installed; `make horovod` builds it")
+def test_horovod_clips_the_averaged_gradient(tmp_path):
+    """Two real ranks apply different gradients; every rank's update is the average gradient
+    clipped at its global norm, as one process applying that gradient would: not the
+    average of gradients each clipped on its own rank, and with the rows both ranks sent
+    for one id summed before the norm is taken."""
+    import numpy as np
+
+    grads = [{"dense": [3.0, 0.0, 1.0], "rows": {"0": [2.0, 0.0]}},
+             {"dense": [-1.0, 4.0, 1.0], "rows": {"0": [-1.0, 1.0], "2": [0.0, -2.0], "3": [1.0, 1.0]}}]
+    clip = 2.0
+    (tmp_path / "grads.json").write_text(json.dumps(grads))
+    script = Path(__file__).parent / "fixtures" / "horovod_clip_step.py"
+    cmd = [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, str(script),
+           str(tmp_path / "grads.json"), str(clip), str(tmp_path)]
+    env = _env(PYTHONPATH=str(Path(__file__).parent.parent))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    def dense(g):
+        table = np.zeros([4, 2])
+        for row, values in g["rows"].items():
+            table[int(row)] = values
+        return np.array(g["dense"]), table
+
+    def clipped(w, table):
+        norm = np.sqrt((w**2).sum() + (table**2).sum())
+        return w * min(1.0, clip / norm), table * min(1.0, clip / norm)
+
+    parts = [dense(g) for g in grads]
+    mean = [sum(p[i] for p in parts) / 2 for i in range(2)]
+    expected = clipped(*mean)
+    per_rank = [sum(clipped(*p)[i] for p in parts) / 2 for i in range(2)]
+    assert not np.allclose(expected[0], per_rank[0])  # the rules differ on these gradients
+    for r in range(2):
+        got = read_json(tmp_path / f"rank{r}.json")
+        np.testing.assert_allclose(got["w"], -expected[0], rtol=1e-5)
+        np.testing.assert_allclose(got["table"], -expected[1], rtol=1e-5)
+
+
+def test_clipping_sums_the_rows_of_an_id_first():
+    """An embedding gradient with one id looked up twice is clipped at the norm of the
+    summed row, the gradient the update applies, not of the two rows apart."""
+    import numpy as np
+    import tensorflow as tf
+
+    from model.train import summed_clipping
+
+    table = tf.Variable(tf.zeros([3, 2]))
+    rows = tf.IndexedSlices(tf.constant([[3.0, 0.0], [-1.0, 0.0]]), tf.constant([1, 1], tf.int64),
+                            tf.constant([3, 2], tf.int64))
+    optimizer = summed_clipping(tf.keras.optimizers.SGD(1.0, global_clipnorm=1.5))
+    assert type(optimizer).__name__ == "SGD"
+    optimizer.apply_gradients([(rows, table)])
+    np.testing.assert_allclose(table.numpy(), [[0, 0], [-1.5, 0], [0, 0]], rtol=1e-6)  # |3 - 1| = 2 -> 1.5

@@ -1,0 +1,71 @@
+"""Parameter-server workers read distinct streams: on a real in-process cluster (gRPC
+servers), each worker's iterator, built as `model.fit` builds it, is recorded on that
+worker; the two hold different batches and disjoint shards that together are the
+training set, and draw different random negatives."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+# Tiny model config: only the input pipeline is exercised.
+SMALL = ["embedding_dim=16", "num_heads=2", "transformer_ff_dim=32", "batch_size=100",
+         "num_random_negatives=8", "hard_negatives=16"]
+KEY_FEATURES = ("item_id", "query_words", "rt_item_id")
+
+
+def _keys(tf, batch):
+    """[b, k] int64: the positive item, query words and real-time behaviours of each example."""
+    return tf.concat([tf.reshape(batch[f], [tf.shape(batch[f])[0], -1]) for f in KEY_FEATURES], axis=1)
+
+
+def test_parameter_server_workers_read_distinct_streams(tiny_world):
+    import features  # noqa: F401
+    import numpy as np
+    import tensorflow as tf
+
+    from model.cluster import parameter_server_strategy, start_local_cluster
+    from model.config import load_config
+    from model.data import dataset_fn, make_dataset
+
+    data = tiny_world[1]
+    config = load_config(None, SMALL)
+    examples = json.loads(Path(data, "stats.json").read_text())["examples_train"]
+    whole = make_dataset(data, config, batch_size=examples, repeat=False, shuffle=False, with_log_q=False)
+    everything = Counter(tuple(row) for row in _keys(tf, next(iter(whole))).numpy().tolist())
+    # Enough steps for every worker to pass over its half of the data at least twice.
+    steps = 4 * examples // config.batch_size + 1
+
+    strategy = parameter_server_strategy(start_local_cluster(num_workers=2, num_ps=1))
+    coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
+    creator = tf.keras.utils.experimental.DatasetCreator(dataset_fn(data, config, num_workers=2))
+    # As model.fit does with a DatasetCreator under a ParameterServerStrategy.
+    per_worker = coordinator.create_per_worker_dataset(
+        lambda: strategy.distribute_datasets_from_function(creator, options=creator.input_options))
+    iterators = iter(per_worker)
+
+    @tf.function
+    def record(iterator):
+        keys, negatives = tf.TensorArray(tf.int64, steps), tf.TensorArray(tf.int64, steps)
+        for i in tf.range(steps):
+            batch = next(iterator)
+            keys, negatives = keys.write(i, _keys(tf, batch)), negatives.write(i, batch["neg_item_id"])
+        return tf.distribute.coordinator.experimental_get_current_worker_index(), keys.stack(), negatives.stack()
+
+    # One call on every worker, each with its own iterator (the per-worker slice).
+    remote = coordinator._create_per_worker_resources(record, args=(iterators,))
+    recorded = [tuple(np.asarray(v) for v in r.fetch()) for r in remote._values]
+
+    assert [int(w) for w, _, _ in recorded] == [0, 1]
+    seen = [{tuple(row) for batch in keys for row in batch.tolist()} for _, keys, _ in recorded]
+    # Different batches: no batch of one worker is a batch of the other.
+    batches = [{tuple(map(tuple, batch.tolist())) for batch in keys} for _, keys, _ in recorded]
+    assert not batches[0] & batches[1]
+    # Shards that together are the training set and share only examples the data holds
+    # more than once (the same search, click and history in both files).
+    assert seen[0] | seen[1] == set(everything)
+    repeated = {key for key, count in everything.items() if count > 1}
+    assert seen[0] - repeated and seen[1] - repeated and seen[0] & seen[1] <= repeated
+    # Different random negatives (each worker's own seed).
+    negatives = [neg for _, _, neg in recorded]
+    assert (negatives[0] != negatives[1]).any(axis=1).all()
