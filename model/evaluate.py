@@ -163,7 +163,7 @@ def embed_items(model, data_dir: str, batch_size: int = 1024):
     from model.data import split_files, vocab_dir
     from model.lookup import Lookup
 
-    lookup = Lookup(vocab_dir(data_dir))
+    lookup = Lookup(vocab_dir(data_dir), getattr(model, "config", None))
     ds = tf.data.TFRecordDataset(split_files(data_dir, "items"), compression_type="GZIP")
     ds = ds.batch(batch_size).map(lambda s: parse_examples(s, ITEM_FEATURE_NAMES)).prefetch(2)
     embs, fields, titles = [], {k: [] for k in ("item_id", "brand", "leaf_cat", "top_cat")}, []
@@ -197,7 +197,7 @@ def embed_searches(model, data_dir: str, batch_size: int = 256, select=None, inf
     from model.data import split_files, vocab_dir
     from model.lookup import Lookup
 
-    lookup = Lookup(vocab_dir(data_dir))
+    lookup = Lookup(vocab_dir(data_dir), getattr(model, "config", None))
     names = USER_FEATURE_NAMES + ("search_id", "query", "item_id", "user_id", "ts")
     ds = tf.data.TFRecordDataset(split_files(data_dir, "test"), compression_type="GZIP")
     ds = ds.batch(batch_size).map(lambda s: parse_examples(s, names)).prefetch(2)

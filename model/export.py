@@ -124,7 +124,7 @@ def export_towers(model_dir: str, data_dir: str, out_dir: str, checkpoint: str |
 
     model, config, path, step = restore(model_dir, data_dir, checkpoint)
     _, info = load_trained(model_dir)
-    lookup = Lookup(vocab_dir(data_dir))
+    lookup = Lookup(vocab_dir(data_dir), config)
     save_tower(ServingTower(model.user_tower, lookup, USER_FEATURE_NAMES, USER_OUTPUT), os.path.join(out_dir, USER_TOWER))
     save_tower(ServingTower(model.item_tower, lookup, ITEM_INPUTS, ITEM_OUTPUT), os.path.join(out_dir, ITEM_TOWER))
     sample = sample_user_features(data_dir)
