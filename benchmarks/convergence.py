@@ -97,11 +97,9 @@ def main(argv=None) -> int:
     import features  # noqa: F401
     import tensorflow as tf
 
-    from features.intent import IntentMatcher
     from model.config import load_config
     from model.data import make_dataset, vocab_dir
-    from model.evaluate import (Truth, default_truth_dir, embed_items, embed_searches, parse_ks,
-                                retrieval_metrics, standard_slices, top_k)
+    from model.evaluate import default_truth_dir, measure, parse_ks
     from model.lookup import Lookup
     from model.rundir import build
 
@@ -112,7 +110,7 @@ def main(argv=None) -> int:
     tf.keras.utils.set_random_seed(config.seed)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
-    model, optimizer = build(config, Lookup(vocab_dir(args.data)).table_sizes)
+    model, optimizer = build(config, Lookup(vocab_dir(args.data), config).table_sizes)
     model.compile(optimizer=optimizer)
     plateau = Plateau(args, time.time())
     epochs = -(-args.max_steps // args.eval_every)
@@ -122,18 +120,7 @@ def main(argv=None) -> int:
     curve, step = plateau.curve, plateau.curve[-1]["step"]
     best_step = max(curve, key=lambda c: c["val_recall"])["step"]
 
-    items, fields = embed_items(model, args.data)
-    info: list[dict] = []
-    users, queries, positives = embed_searches(model, args.data, select=lambda s: not is_validation(s), info=info)
-    topk = top_k(users, items, max(ks))
-    truth_dir = default_truth_dir(args.data)
-    truth = Truth(truth_dir) if truth_dir else None
-    intents = IntentMatcher.from_catalog(
-        {"brand": b, "leaf_cat": lf, "top_cat": t, "title_words": w}
-        for b, lf, t, w in zip(fields["brand"], fields["leaf_cat"], fields["top_cat"], fields["title_words"])
-    )
-    metrics = retrieval_metrics(topk, fields, queries, positives, ks, truth, intents,
-                                standard_slices(args.data, queries, info, truth))
+    metrics, _ = measure(model, args.data, ks, default_truth_dir(args.data), select=lambda s: not is_validation(s))
     run = {
         "config": json.loads(config.to_json()),
         "curve": curve,
@@ -144,7 +131,7 @@ def main(argv=None) -> int:
         "examples_per_sec": round(step * config.batch_size / max(plateau.train_seconds, 1e-9), 1),
         "seconds": round(time.time() - t0, 1),
         "metrics": metrics,
-        "report_searches": len(queries),
+        "report_searches": metrics["searches"],
     }
     with open(os.path.join(args.out, "run.json"), "w", encoding="utf-8") as f:
         json.dump(run, f, indent=1, ensure_ascii=False, default=float)

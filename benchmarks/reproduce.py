@@ -82,6 +82,16 @@ def relative(path: str) -> str:
     return os.path.relpath(full, REPO) if full.startswith(REPO + os.sep) else path
 
 
+def run_logged(cmd: list[str], log_path: str) -> None:
+    """Runs `cmd` with its output in `log_path`; a failure raises with the log's tail."""
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    if proc.returncode != 0:
+        with open(log_path, encoding="utf-8") as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); log {log_path}:\n{tail}")
+
+
 def run_variant(name: str, seed: int, processed: str, args) -> dict:
     from model.config import ABLATIONS
 
@@ -96,13 +106,7 @@ def run_variant(name: str, seed: int, processed: str, args) -> dict:
         cmd = [sys.executable, "-m", "benchmarks.convergence", "--data", processed, "--out", run_dir,
                "--config", args.config, "--eval-every", str(args.eval_every), "--patience", str(args.patience),
                "--max-steps", str(args.max_steps), "--k", args.k, "--set", *settings]
-        log_path = os.path.join(run_dir, "run.log")
-        with open(log_path, "w", encoding="utf-8") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        if proc.returncode != 0:
-            with open(log_path, encoding="utf-8") as f:
-                tail = f.read()[-3000:]
-            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); log {log_path}:\n{tail}")
+        run_logged(cmd, os.path.join(run_dir, "run.log"))
     with open(result, encoding="utf-8") as f:
         run = json.load(f)
     return {"variant": name, "seed": seed, "settings": settings, "run_dir": relative(run_dir), **run}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -46,7 +45,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     from benchmarks.machine import summary
-    from benchmarks.reproduce import relative
+    from benchmarks.reproduce import relative, run_logged
     from pipeline.prepare import prepare_data
 
     args = parse_args(argv)
@@ -65,9 +64,7 @@ def main(argv=None) -> int:
             cmd = [sys.executable, "-m", "benchmarks.convergence", "--data", processed, "--out", run_dir,
                    "--config", "quick", "--eval-every", str(args.eval_every), "--max-steps", str(args.steps),
                    "--patience", str(10**6), "--set", *CANDIDATES[name]]
-            with open(os.path.join(run_dir, "run.log"), "w", encoding="utf-8") as log:
-                if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode:
-                    raise SystemExit(f"candidate {name} failed; see {run_dir}/run.log")
+            run_logged(cmd, os.path.join(run_dir, "run.log"))
         with open(result, encoding="utf-8") as f:
             run = json.load(f)
         best = max(run["curve"], key=lambda c: c["val_recall"])

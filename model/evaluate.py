@@ -267,61 +267,44 @@ def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, int
     ids, brands, leafs, tops = (item_fields[k] for k in ("item_id", "brand", "leaf_cat", "top_cat"))
     kmax = topk.shape[1]
     ks = [k for k in ks if k <= kmax] or [kmax]
-    recall = {k: [] for k in ks}
-    good = {k: [] for k in ks}
-    ceiling = {k: [] for k in ks}
-    passed = {k: [] for k in ks}
-    rows = {"recall": [], "p_good": [], "p_good_ceiling": []}  # per search, for slices
+    # One row of [len(ks)] values per search (NaN where it has no ground truth or no
+    # intents): the overall figures and every slice are means over these.
+    rows = {key: np.full((len(queries), len(ks)), np.nan) for key in ("recall", "p_good", "p_good_ceiling", "filter_pass")}
     counts = truth.pool_counts(item_fields) if truth is not None else None
     with_truth = with_intent = 0
     for s, (row, query, pos) in enumerate(zip(topk, queries, positives)):
         got = ids[row]
         hit = np.fromiter((g in pos for g in got), bool, len(got))
-        for k in ks:
-            recall[k].append(hit[:k].sum() / len(pos))
-        rows["recall"].append([hit[:k].sum() / len(pos) for k in ks])
-        good_row = ceiling_row = [np.nan] * len(ks)
+        rows["recall"][s] = [hit[:k].sum() / len(pos) for k in ks]
         if truth is not None:
             q = truth.query(query)
             if q is not None:
                 with_truth += 1
                 rel = np.fromiter((truth.relevant(q, ids[i], leafs[i], brands[i]) for i in row), bool, len(row))
                 n_rel = truth.relevant_in_pool(q, counts)
-                good_row = [rel[:k].mean() for k in ks]
-                ceiling_row = [min(k, n_rel) / k for k in ks]
-                for k, g, c in zip(ks, good_row, ceiling_row):
-                    good[k].append(g)
-                    ceiling[k].append(c)
-        rows["p_good"].append(good_row)
-        rows["p_good_ceiling"].append(ceiling_row)
+                rows["p_good"][s] = [rel[:k].mean() for k in ks]
+                rows["p_good_ceiling"][s] = [min(k, n_rel) / k for k in ks]
         if intents is not None:
             intent = intents.match(query)
             with_intent += not intent.empty
             ok = np.fromiter((intent.passes(brands[i], leafs[i], tops[i]) for i in row), bool, len(row))
-            for k in ks:
-                passed[k].append(ok[:k].mean())
+            rows["filter_pass"][s] = [ok[:k].mean() for k in ks]
 
-    def mean(d):
-        return {str(k): (float(np.mean(v)) if v else None) for k, v in d.items()}
+    def mean(table):
+        return {str(k): (float(np.nanmean(table[:, j])) if np.isfinite(table[:, j]).any() else None)
+                for j, k in enumerate(ks)}
 
     by_slice = {}
     for name, member in (slices or {}).items():
         member = np.asarray(member, bool)
         if member.shape != (len(queries),):
             raise ValueError(f"slice {name!r} has {member.shape} flags for {len(queries)} searches")
-        entry = {"searches": int(member.sum())}
-        for key, table in rows.items():
-            sub = np.asarray(table, np.float64).reshape(len(queries), len(ks))[member]
-            entry[key] = {str(k): (float(np.nanmean(sub[:, j])) if np.isfinite(sub[:, j]).any() else None)
-                          for j, k in enumerate(ks)}
-        by_slice[name] = entry
+        by_slice[name] = {"searches": int(member.sum()),
+                          **{key: mean(rows[key][member]) for key in ("recall", "p_good", "p_good_ceiling")}}
 
     return {
         "k": ks,
-        "recall": mean(recall),
-        "p_good": mean(good),
-        "p_good_ceiling": mean(ceiling),
-        "filter_pass": mean(passed),
+        **{key: mean(table) for key, table in rows.items()},
         "slices": by_slice,
         "searches": len(queries),
         "searches_with_truth": with_truth,
@@ -344,10 +327,10 @@ def standard_slices(data_dir: str, queries, info: list[dict], truth=None) -> dic
     `history_intent` (docs/synthetic_world.md)."""
     import numpy as np
 
-    from features.io import read_lines
+    from features.vocab import load_vocab
     from model.data import vocab_dir
 
-    known = {line.split("\t", 1)[0] for line in read_lines(os.path.join(vocab_dir(data_dir), "word.txt"))}
+    known = set(load_vocab(vocab_dir(data_dir), "word"))
     out = {
         "unseen_word": np.array([any(w not in known for w in i["query_words"]) for i in info], bool),
         "long_history": np.array([i["long_term"] >= LONG_HISTORY for i in info], bool),
@@ -401,20 +384,17 @@ def plot(metrics: dict, path: str, title: str = "") -> None:
     plt.close(fig)
 
 
-def evaluate(data_dir: str, model_dir: str, out_dir: str | None = None, truth_dir: str | None = None,
-             ks=DEFAULT_KS, checkpoint: str | None = None, batch_size: int = 256, quiet: bool = False) -> dict:
-    """Runs the evaluation; returns the metrics (and writes them when `out_dir` is given)."""
+def measure(model, data_dir: str, ks, truth_dir: str | None = None, batch_size: int = 256, select=None):
+    """(metrics, intents) of a model in memory on the test day: every item embedded, the
+    searches `select(search_id)` keeps (all by default) embedded and searched exactly,
+    scored with the ground truth of `truth_dir` (if any), the standard slices and the
+    relevance control mined from the catalog (`intents`)."""
     from features.intent import IntentMatcher
 
-    from model.rundir import restore
-
-    t0 = time.time()
-    model, config, path, step = restore(model_dir, data_dir, checkpoint)
     item_emb, fields = embed_items(model, data_dir)
     info: list[dict] = []
-    user_emb, queries, positives = embed_searches(model, data_dir, batch_size, info=info)
+    user_emb, queries, positives = embed_searches(model, data_dir, batch_size, select=select, info=info)
     topk = top_k(user_emb, item_emb, max(ks), batch_size)
-    truth_dir = truth_dir or default_truth_dir(data_dir)
     truth = Truth(truth_dir) if truth_dir else None
     slices = standard_slices(data_dir, queries, info, truth)
     # Query understanding from the catalog itself: its names plus aliases mined from titles.
@@ -422,7 +402,18 @@ def evaluate(data_dir: str, model_dir: str, out_dir: str | None = None, truth_di
         {"brand": b, "leaf_cat": l, "top_cat": t, "title_words": w}
         for b, l, t, w in zip(fields["brand"], fields["leaf_cat"], fields["top_cat"], fields["title_words"])
     )
-    metrics = retrieval_metrics(topk, fields, queries, positives, ks, truth, intents, slices)
+    return retrieval_metrics(topk, fields, queries, positives, ks, truth, intents, slices), intents
+
+
+def evaluate(data_dir: str, model_dir: str, out_dir: str | None = None, truth_dir: str | None = None,
+             ks=DEFAULT_KS, checkpoint: str | None = None, batch_size: int = 256, quiet: bool = False) -> dict:
+    """Runs the evaluation; returns the metrics (and writes them when `out_dir` is given)."""
+    from model.rundir import restore
+
+    t0 = time.time()
+    model, config, path, step = restore(model_dir, data_dir, checkpoint)
+    truth_dir = truth_dir or default_truth_dir(data_dir)
+    metrics, intents = measure(model, data_dir, ks, truth_dir, batch_size)
     metrics.update({
         "checkpoint": path,
         "step": step,
