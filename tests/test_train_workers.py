@@ -1,10 +1,15 @@
 """Parameter-server workers read distinct streams: on a real in-process cluster (gRPC
 servers), each worker's iterator, built as `model.fit` builds it, is recorded on that
 worker; the two hold different batches and disjoint shards that together are the
-training set, and draw different random negatives."""
+training set, and draw different random negatives.
+
+The cluster runs in a child interpreter (this file run as a script): a process that has
+coordinated a cluster keeps its eager context bound to it, which later tests must not share."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,20 +24,18 @@ def _keys(tf, batch):
     return tf.concat([tf.reshape(batch[f], [tf.shape(batch[f])[0], -1]) for f in KEY_FEATURES], axis=1)
 
 
-def test_parameter_server_workers_read_distinct_streams(tiny_world):
+def record_worker_streams(data: str, out: str) -> None:
+    """Runs the two-worker cluster and saves what each worker's iterator gave to `out` (.npz)."""
     import features  # noqa: F401
     import numpy as np
     import tensorflow as tf
 
     from model.cluster import parameter_server_strategy, start_local_cluster
     from model.config import load_config
-    from model.data import dataset_fn, make_dataset
+    from model.data import dataset_fn
 
-    data = tiny_world[1]
     config = load_config(None, SMALL)
     examples = json.loads(Path(data, "stats.json").read_text())["examples_train"]
-    whole = make_dataset(data, config, batch_size=examples, repeat=False, shuffle=False, with_log_q=False)
-    everything = Counter(tuple(row) for row in _keys(tf, next(iter(whole))).numpy().tolist())
     # Enough steps for every worker to pass over its half of the data at least twice.
     steps = 4 * examples // config.batch_size + 1
 
@@ -55,6 +58,30 @@ def test_parameter_server_workers_read_distinct_streams(tiny_world):
     # One call on every worker, each with its own iterator (the per-worker slice).
     remote = coordinator._create_per_worker_resources(record, args=(iterators,))
     recorded = [tuple(np.asarray(v) for v in r.fetch()) for r in remote._values]
+    np.savez(out, **{f"{name}{i}": value for i, r in enumerate(recorded)
+                     for name, value in zip(("worker", "keys", "negatives"), r)})
+
+
+def test_parameter_server_workers_read_distinct_streams(tiny_world, tmp_path):
+    import features  # noqa: F401
+    import numpy as np
+    import tensorflow as tf
+
+    from model.config import load_config
+    from model.data import make_dataset
+
+    data = tiny_world[1]
+    config = load_config(None, SMALL)
+    examples = json.loads(Path(data, "stats.json").read_text())["examples_train"]
+    whole = make_dataset(data, config, batch_size=examples, repeat=False, shuffle=False, with_log_q=False)
+    everything = Counter(tuple(row) for row in _keys(tf, next(iter(whole))).numpy().tolist())
+
+    out = tmp_path / "streams.npz"
+    run = subprocess.run([sys.executable, __file__, str(data), str(out)], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    saved = np.load(out)
+    recorded = [tuple(saved[f"{name}{i}"] for name in ("worker", "keys", "negatives")) for i in range(2)]
 
     assert [int(w) for w, _, _ in recorded] == [0, 1]
     seen = [{tuple(row) for batch in keys for row in batch.tolist()} for _, keys, _ in recorded]
@@ -69,3 +96,7 @@ def test_parameter_server_workers_read_distinct_streams(tiny_world):
     # Different random negatives (each worker's own seed).
     negatives = [neg for _, _, neg in recorded]
     assert (negatives[0] != negatives[1]).any(axis=1).all()
+
+
+if __name__ == "__main__":
+    record_worker_streams(sys.argv[1], sys.argv[2])
