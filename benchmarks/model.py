@@ -12,7 +12,9 @@ ids with realistic fill (sequences partly padded), so the arithmetic matches rea
 FLOPs come from `tf.compat.v1.profiler` on the concrete function's graph (registered
 `flops` statistics: MatMul, BatchMatMul, element-wise arithmetic, reductions). The
 profiler cannot look inside while loops, so the counted graph uses the unrolled LSTM
-(`lstm_unroll=True`, same maths); the default while-loop LSTM is timed as well.
+(`lstm_unroll=True`, same maths); the model as built (model.fast's LSTM loop and
+distinct-id lookups) is timed as well, and for reference the Keras layers it replaced
+(RNN(LSTMCell) loop, one gather per looked-up id).
 Element-wise transcendental ops (exp, tanh, sigmoid) have no registered count, and the
 optimiser's sparse row updates have a data-dependent size the profiler skips ("ops no
 flops stats due to incomplete shapes"), so the figures are a slight underestimate.
@@ -53,8 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--embedding-dim", type=int, default=128)
     p.add_argument("--train-steps", type=int, default=3, help="training steps per timing round")
     p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (the median is reported)")
-    p.add_argument("--skip-while-loop", action="store_true", help="do not time the while-loop LSTM variant")
-    p.add_argument("--skip-fast", action="store_true", help="do not time the variant with model.fast's layers")
+    p.add_argument("--skip-keras", action="store_true",
+                   help="do not time the reference with the Keras layers model.fast replaced")
     p.add_argument("--json", help="also write the figures to this JSON file")
     return p.parse_args(argv)
 
@@ -116,19 +118,22 @@ def matmul_size(tf) -> int:
     return best_n
 
 
-def build(tf, config, sizes, fast: bool = False):
-    """The model compiled with the paper's optimiser; `fast`: with model.fast's LSTM and
-    distinct-id lookups swapped in before it is built (same maths, docs/scale.md)."""
+def build(tf, config, sizes, keras_layers: bool = False):
+    """The model compiled with the paper's optimiser; `keras_layers`: with the Keras layers
+    model.fast replaced swapped in before it is built (RNN(LSTMCell) as a while loop, one
+    gather per looked-up id; same maths, docs/scale.md)."""
     from model.mgdspr import MGDSPR, build_model, make_optimizer
 
-    if fast:
-        from model.fast import LSTM, unique_lookup
-
+    if keras_layers:
         model = MGDSPR(config, sizes)
         tables = model.embeddings.tables
-        model.embeddings.lookup = lambda vocab, ids: unique_lookup(tables[vocab], ids)
+        model.embeddings.lookup = lambda vocab, ids: tables[vocab](ids)
         real_time = model.user_tower.real_time
-        real_time.lstms = [LSTM(config.embedding_dim, name=f"lstm_{i}") for i in range(len(real_time.lstms))]
+        real_time.lstms = [
+            tf.keras.layers.RNN(tf.keras.layers.LSTMCell(config.embedding_dim, name="cell"),
+                                return_sequences=True, name=f"lstm_{i}")
+            for i in range(len(real_time.lstms))
+        ]
         dummy = model.dummy_inputs()
         model.user_tower(dummy, training=False)
         model.item_tower(dummy, training=False)
@@ -198,20 +203,19 @@ def main(argv=None) -> int:
         "user_1": (lambda: towers[1](users[1]).numpy(), 50 * args.train_steps),
         "matmul": (matmul_fn(tf, n), 5),
     }
-    if not args.skip_while_loop:
-        loop_model = build(tf, config.replace(lstm_unroll=False), sizes)
-        loop_step = tf.function(loop_model.train_step).get_concrete_function(train_batch)
-        measures["train_while_loop"] = (lambda: loop_step(train_batch)["loss"].numpy(), args.train_steps)
-        # Same arithmetic as the unrolled graph; the profiler just cannot count inside the loop.
-        flops["train_while_loop"] = flops["train_unrolled"]
-    if not args.skip_fast:
-        fast_model = build(tf, config.replace(lstm_unroll=False), sizes, fast=True)
-        fast_step = tf.function(fast_model.train_step).get_concrete_function(train_batch)
-        measures["train_fast"] = (lambda: fast_step(train_batch)["loss"].numpy(), args.train_steps)
-        flops["train_fast"] = flops["train_unrolled"]
+    built_model = build(tf, config.replace(lstm_unroll=False), sizes)
+    built_step = tf.function(built_model.train_step).get_concrete_function(train_batch)
+    measures["train_built"] = (lambda: built_step(train_batch)["loss"].numpy(), args.train_steps)
+    # Same arithmetic as the unrolled graph; the profiler just cannot count inside the loop.
+    flops["train_built"] = flops["train_unrolled"]
+    if not args.skip_keras:
+        keras_model = build(tf, config.replace(lstm_unroll=False), sizes, keras_layers=True)
+        keras_step = tf.function(keras_model.train_step).get_concrete_function(train_batch)
+        measures["train_keras"] = (lambda: keras_step(train_batch)["loss"].numpy(), args.train_steps)
+        flops["train_keras"] = flops["train_unrolled"]
     seconds = interleaved(measures, args.rounds)
     peak = 2 * n**3 / seconds.pop("matmul") / 1e9
-    examples = {"train_unrolled": b, "train_while_loop": b, "train_fast": b, f"user_{b}": b, "user_1": 1}
+    examples = {"train_unrolled": b, "train_built": b, "train_keras": b, f"user_{b}": b, "user_1": 1}
     figures = {}
     for name, sec in seconds.items():
         per_s = examples[name] / sec
@@ -229,8 +233,8 @@ def main(argv=None) -> int:
     print(f"{'measurement':<30} {'examples/s':>11} {'MFLOP/example':>14} {'GFLOP/s':>9} {'% of peak':>10}")
     labels = {
         "train_unrolled": "train step (unrolled LSTM)",
-        "train_while_loop": "train step (while-loop LSTM)",
-        "train_fast": "train step (model.fast layers)",
+        "train_built": "train step (as built)",
+        "train_keras": "train step (Keras layers)",
         f"user_{b}": f"user tower, batch {b}",
         "user_1": "user tower, batch 1",
     }
@@ -242,13 +246,12 @@ def main(argv=None) -> int:
                 f"{fig['gflops_per_s']:>9.2f} {100 * fig['share_of_peak']:>9.1f}%"
             )
     print()
-    if "train_while_loop" in figures:
-        ratio = figures["train_while_loop"]["examples_per_s"] / figures["train_unrolled"]["examples_per_s"]
-        print(f"while-loop / unrolled LSTM training throughput: {ratio:.2f}x")
-    if "train_fast" in figures and "train_while_loop" in figures:
-        ratio = figures["train_fast"]["examples_per_s"] / figures["train_while_loop"]["examples_per_s"]
-        print(f"model.fast layers / as built (while-loop LSTM) training throughput: {ratio:.2f}x")
-    for name in ("train_while_loop", "train_fast"):
+    ratio = figures["train_built"]["examples_per_s"] / figures["train_unrolled"]["examples_per_s"]
+    print(f"as built (model.fast's LSTM loop) / unrolled LSTM training throughput: {ratio:.2f}x")
+    if "train_keras" in figures:
+        ratio = figures["train_built"]["examples_per_s"] / figures["train_keras"]["examples_per_s"]
+        print(f"as built / with the Keras layers model.fast replaced, training throughput: {ratio:.2f}x")
+    for name in ("train_built", "train_keras"):
         if name in figures:
             share = figures[name]["share_of_peak"]
             print(f"{labels[name]}: {100 * share:.0f}% of the matmul peak (goal >= 50%: "

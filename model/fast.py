@@ -33,13 +33,9 @@ def unique_lookup(embedding: tf.keras.layers.Layer, ids: tf.Tensor) -> tf.Tensor
     return out
 
 
-class LSTM(tf.keras.layers.Layer):
-    """One LSTM layer over a masked sequence, the maths of Keras' LSTMCell (gates i, f, c,
-    o; sigmoid gates, tanh activations, forget-gate bias initialised to 1).
-
-    x [b, L, d], mask [b, L] bool -> [b, L, units]. A masked step keeps the previous
-    state and outputs the previous output (as Keras' RNN does), so with padding at the
-    end the real steps never see it."""
+class _Weights(tf.keras.layers.Layer):
+    """The LSTM's three weights under the names Keras' LSTMCell gives them, tracked as the
+    layer's `cell`: a checkpoint of RNN(LSTMCell) restores into `LSTM` and back."""
 
     def __init__(self, units: int, **kwargs):
         super().__init__(**kwargs)
@@ -55,6 +51,37 @@ class LSTM(tf.keras.layers.Layer):
 
         self.bias = self.add_weight("bias", [4 * u], initializer=bias_init)
         super().build(input_shape)
+
+
+class LSTM(tf.keras.layers.Layer):
+    """One LSTM layer over a masked sequence, the maths of Keras' LSTMCell (gates i, f, c,
+    o; sigmoid gates, tanh activations, forget-gate bias initialised to 1).
+
+    x [b, L, d], mask [b, L] bool -> [b, L, units]. A masked step keeps the previous
+    state and outputs the previous output (as Keras' RNN does), so with padding at the
+    end the real steps never see it. The weights sit where RNN(LSTMCell) keeps them
+    (`cell.kernel`, `cell.recurrent_kernel`, `cell.bias`), so checkpoints are shared."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.cell = _Weights(units, name="cell")
+
+    def build(self, input_shape):
+        self.cell.build(input_shape)
+        super().build(input_shape)
+
+    @property
+    def kernel(self):
+        return self.cell.kernel
+
+    @property
+    def recurrent_kernel(self):
+        return self.cell.recurrent_kernel
+
+    @property
+    def bias(self):
+        return self.cell.bias
 
     def call(self, x, mask=None):
         b, steps = tf.shape(x)[0], tf.shape(x)[1]

@@ -17,6 +17,7 @@ import features  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
 from features.spec import MAX_QUERY_WORDS
+from model.fast import LSTM, unique_lookup
 from model.lookup import vocab_of
 
 # --------------------------------------------------------------------------------------
@@ -88,10 +89,12 @@ class Embeddings(tf.keras.layers.Layer):
         }
 
     def lookup(self, vocab: str, ids: tf.Tensor) -> tf.Tensor:
-        """ids [...] int -> [..., d] rows of vocabulary `vocab`."""
+        """ids [...] int -> [..., d] rows of vocabulary `vocab`, each distinct id gathered
+        once (model.fast.unique_lookup: under a parameter-server strategy only the distinct
+        rows cross the network, and their gradients come back summed per id)."""
         if vocab not in self.tables:
             raise KeyError(f"no embedding table for vocabulary {vocab!r}; have {sorted(self.tables)}")
-        return self.tables[vocab](ids)
+        return unique_lookup(self.tables[vocab], ids)
 
     def embed(self, feats: dict, name: str) -> tuple[tf.Tensor, tf.Tensor]:
         """Feature `name` of an id dict -> (embeddings [..., d], mask [...] bool, id != 0)."""
@@ -416,13 +419,18 @@ class RealTimeBehaviour(tf.keras.layers.Layer):
             unroll,
         )
         self.attention_dropout = attention_dropout
-        # The generic RNN loop over an LSTMCell rather than tf.keras.layers.LSTM: the
-        # latter's fused function asks to colocate its weights, which fails once a
-        # ParameterServerStrategy has put them on different parameter servers.
+        # model.fast's LSTM: the input projection of every step in one matmul before the
+        # loop and the recurrent kernel read once per call (Keras' RNN reads every weight
+        # from the parameter servers at every step). Not tf.keras.layers.LSTM: its fused
+        # function asks to colocate its weights, which fails once a ParameterServerStrategy
+        # has put them on different parameter servers. Unrolled (a flat graph for FLOP
+        # counting), the Keras RNN over an LSTMCell; both keep the weights at `cell.*`.
         self.lstms = [
             tf.keras.layers.RNN(
-                tf.keras.layers.LSTMCell(dim, name="cell"), return_sequences=True, unroll=unroll, name=f"lstm_{i}"
+                tf.keras.layers.LSTMCell(dim, name="cell"), return_sequences=True, unroll=True, name=f"lstm_{i}"
             )
+            if unroll
+            else LSTM(dim, name=f"lstm_{i}")
             for i in range(lstm_layers)
         ]
         self.drops = [tf.keras.layers.Dropout(dropout) for _ in range(lstm_layers)]

@@ -40,3 +40,33 @@ def test_unique_lookup_matches_the_layer_and_its_gradient():
     # The sparse gradient holds each distinct id once: one row per id sent back, not per lookup.
     rows = tape.gradient(losses[1], table.embeddings)
     assert isinstance(rows, tf.IndexedSlices) and rows.indices.shape[0] == 4
+
+
+def test_a_checkpoint_of_the_keras_lstm_restores_into_ours(tmp_path):
+    """Runs trained before the towers used model.fast's LSTM keep working: the weights sit
+    where RNN(LSTMCell) keeps them, so a checkpoint restores both ways."""
+    x = tf.random.stateless_normal([2, 5, 4], seed=[3, 4])
+    mask = tf.constant([[True] * 5, [True, True, False, False, False]])
+    keras = tf.keras.layers.RNN(tf.keras.layers.LSTMCell(3), return_sequences=True)
+    expected = keras(x, mask=mask)
+    path = tf.train.Checkpoint(layer=keras).write(str(tmp_path / "keras"))
+    ours = LSTM(3)
+    ours(x[:, :1])
+    status = tf.train.Checkpoint(layer=ours).read(path)
+    status.assert_consumed()
+    np.testing.assert_allclose(ours(x, mask=mask).numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_the_towers_use_them():
+    from model.config import MGDSPRConfig
+    from model.mgdspr import MGDSPR
+
+    model = MGDSPR(MGDSPRConfig(embedding_dim=8, num_heads=2, transformer_ff_dim=16),
+                   {v: 20 for v in ("word", "char", "bigram", "item_id", "leaf_cat", "top_cat", "brand", "shop")})
+    assert all(isinstance(lstm, LSTM) for lstm in model.user_tower.real_time.lstms)
+    ids = tf.constant([[3, 3, 0]], tf.int64)
+    with tf.GradientTape() as tape:
+        rows = model.embeddings.lookup("word", ids)
+    table = model.embeddings.tables["word"].embeddings
+    grad = tape.gradient(rows, table)
+    assert isinstance(grad, tf.IndexedSlices) and sorted(grad.indices.numpy().tolist()) == [0, 3]
