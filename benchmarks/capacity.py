@@ -124,18 +124,18 @@ def main(argv=None) -> int:
     reads_all = ids * row
     reads_distinct = per_call * row
     grads = per_step * (row + 8)  # rows summed per id on the worker (+ int64 index)
-    as_built = reads_all + lstm_loop + 2 * dense + grads
-    fast = reads_distinct + 2 * dense + grads
+    keras = reads_all + lstm_loop + 2 * dense + grads  # RNN(LSTMCell), one gather per lookup
+    built = reads_distinct + 2 * dense + grads  # model.fast, as the towers are built
     # A 10^8-item catalog's long tail: assume every item id of a step distinct.
     tail = (items["ids"] - items["distinct_per_call"]) * row + (items["ids"] - items["distinct_per_step"]) * (row + 8)
     print("\nnetwork bytes per step per worker (rows of d float32 = "
           f"{row} B; reads + dense weights both ways + gradient rows):")
-    print(f"  as built (every lookup's row, LSTM weights read in the loop): "
+    print(f"  with Keras' layers (every lookup's row, LSTM weights read in the loop): "
           f"{reads_all / 1e6:.0f} + {lstm_loop / 1e6:.0f} + {2 * dense / 1e6:.0f} + {grads / 1e6:.0f} "
-          f"= {as_built / 1e6:.0f} MB")
-    print(f"  with model.fast (distinct rows once, LSTM weights once): "
-          f"{reads_distinct / 1e6:.0f} + {2 * dense / 1e6:.0f} + {grads / 1e6:.0f} = {fast / 1e6:.0f} MB")
-    print(f"  with model.fast, every item id distinct (a long tail): {(fast + tail) / 1e6:.0f} MB")
+          f"= {keras / 1e6:.0f} MB")
+    print(f"  as built, model.fast (distinct rows once, LSTM weights once): "
+          f"{reads_distinct / 1e6:.0f} + {2 * dense / 1e6:.0f} + {grads / 1e6:.0f} = {built / 1e6:.0f} MB")
+    print(f"  as built, every item id distinct (a long tail): {(built + tail) / 1e6:.0f} MB")
 
     # -- the paper's cluster ------------------------------------------------------------
     rate = args.steps / (args.hours * 3600)
@@ -148,15 +148,15 @@ def main(argv=None) -> int:
     print(f"memory per ps: 2 x (({' + '.join(f'{k} {v:.3g}' for k, v in sorted(rows.items()))}) rows x {row} B "
           f"+ dense) / {args.ps} ps = {memory / GB:.1f} GB (weights + AdaGrad accumulators)")
     nic = args.nic_gbit / 8 * GB
-    for label, per_step_bytes in (("as built", as_built), ("with model.fast", fast),
-                                  ("with model.fast, item ids distinct", fast + tail)):
+    for label, per_step_bytes in (("with Keras' layers", keras), ("as built", built),
+                                  ("as built, item ids distinct", built + tail)):
         w = per_step_bytes * per_worker
         ps = per_step_bytes * rate / args.ps
         print(f"  {label}: {w / GB:.2f} GB/s per worker, {ps / GB:.2f} GB/s per ps "
               f"({100 * ps / nic:.0f}% of a {args.nic_gbit:g} Gbit/s link)")
     top = m["vocab"].get("top_cat")
     if top:
-        hot = {"as built": top["ids"] * row * rate, "with model.fast": top["distinct_per_call"] * row * rate}
+        hot = {"with Keras' layers": top["ids"] * row * rate, "as built": top["distinct_per_call"] * row * rate}
         print("  top_cat is too small to shard, so one ps serves every worker's rows: "
               + ", ".join(f"{k} {v / GB:.2f} GB/s ({100 * v / nic:.0f}% of the link)" for k, v in hot.items()))
     if args.model_json:
