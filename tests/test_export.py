@@ -14,7 +14,7 @@ import pytest
 
 from features.spec import FEATURES, ITEM_FEATURE_NAMES, USER_FEATURE_NAMES
 
-from conftest import ebr
+from conftest import TINY_MODEL, ebr
 
 BIN = Path(sys.executable).parent
 UNSEEN = "zz-never-seen-token"
@@ -232,3 +232,27 @@ def test_embed_dumps_user_and_item_vectors(exported, tmp_path):
     ebr("embed", "--export", version, "--tower", "item", "--data", processed, "--out", tmp_path / "i.parquet",
         "--no-progress", "--limit", 50)
     assert len(pq.read_table(tmp_path / "i.parquet")) == 50
+
+
+def test_a_run_with_hashed_item_ids_evaluates_and_exports(tiny_world, tmp_path):
+    """item_ids=hash (no item-id table, for catalogs of 10^8): the same commands train,
+    evaluate and export it, and the exported towers embed every catalog item."""
+    import pyarrow.parquet as pq
+
+    from serving.embed import Tower
+
+    _, processed = tiny_world
+    items = json.loads(Path(processed, "stats.json").read_text())["items_valid"]
+    run, root = tmp_path / "run", tmp_path / "exports"
+    ebr("train", "--data", processed, "--model-dir", run, "--cluster", "single", "--steps", 20, "--no-progress",
+        "--set", *TINY_MODEL, "item_ids=hash", f"item_id_buckets={4 * items}", f"catalog_size={items}")
+    ebr("eval", "--data", processed, "--model-dir", run, "--out", tmp_path / "eval", "--k", "10,50")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["searches"] > 0 and 0 <= metrics["recall"]["10"] <= metrics["recall"]["50"] <= 1
+    ebr("export", "--model-dir", run, "--data", processed, "--out", root, "--no-progress")
+    manifest = json.loads((root / "1" / "manifest.json").read_text())
+    assert manifest["config"]["item_ids"] == "hash" and manifest["table_sizes"]["item_id"] == 1 + 4 * items  # + the padding row
+    vectors = pq.read_table(root / "1" / "item_embeddings")
+    assert len(vectors) == manifest["items"] == items
+    user = Tower(str(root / "1" / "user_tower"), "user_embedding")(user_batch(processed))
+    np.testing.assert_allclose(np.linalg.norm(user, axis=1), 1.0, atol=1e-4)

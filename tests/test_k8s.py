@@ -77,6 +77,26 @@ def test_tf_config_lists_exactly_the_pods_the_jobs_create(overlay, workers, ps):
 
 
 @needs_kubectl
+@pytest.mark.parametrize("app", ["train-plain", "train-tfjob"])
+def test_production_backs_up_every_100000_global_steps(app):
+    """At the paper cluster's 180 steps/s the default (200) would back up every second."""
+    def args(container):
+        return [*container.get("command", []), *container.get("args", [])]
+
+    commands = []
+    for doc in render("production", app):
+        if doc["kind"] == "Job":
+            commands.append(args(doc["spec"]["template"]["spec"]["containers"][0]))
+        elif doc["kind"] == "TFJob":
+            commands += [args(r["template"]["spec"]["containers"][0]) for r in doc["spec"]["tfReplicaSpecs"].values()]
+    assert len(commands) == 4  # chief, workers, parameter servers, evaluator
+    for command in commands:
+        assert command[command.index("--checkpoint-steps") + 1] == "100000", command
+    for doc in render("dev", app):
+        assert "--checkpoint-steps" not in json.dumps(doc)
+
+
+@needs_kubectl
 def test_a_pod_started_as_the_manifest_says_gets_its_tf_config():
     """The entry point as the container runs it: the Job's command, the ConfigMap's environment
     and the pod's JOB_COMPLETION_INDEX, in a fresh interpreter; the training command runs with
