@@ -160,6 +160,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_mix": {"use_mix": False},
     "hinge": {"loss": "hinge"},
     "mlp": {"model": "mlp"},
+    # The baseline as a plain two-tower: the paper does not say how alpha-DNN was trained;
+    # "mlp" shares MGDSPR's loss (tau and I_mix), this one has neither.
+    "mlp_plain": {"model": "mlp", "temperature": 1.0, "use_mix": False},
 }
 
 

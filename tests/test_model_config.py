@@ -65,7 +65,7 @@ def test_unknown_keys_and_bad_overrides_are_errors(tmp_path):
 
 
 def test_ablation_presets_build_valid_configs():
-    assert set(ABLATIONS) == {"mgdspr", "no_mgs", "no_trm", "tau1", "no_mix", "hinge", "mlp"}
+    assert set(ABLATIONS) == {"mgdspr", "no_mgs", "no_trm", "tau1", "no_mix", "hinge", "mlp", "mlp_plain"}
     configs = {name: MGDSPRConfig(**values) for name, values in ABLATIONS.items()}
     assert configs["no_mgs"].use_mgs is False and configs["no_trm"].use_trm is False
     assert configs["tau1"].temperature == 1.0 and configs["no_mix"].use_mix is False
