@@ -87,11 +87,13 @@ class LSTM(tf.keras.layers.Layer):
         b, steps = tf.shape(x)[0], tf.shape(x)[1]
         if mask is None:
             mask = tf.ones([b, steps], tf.bool)
+        # Each weight read once, outside the loop (a parameter-server strategy may also
+        # have split it into shards: reading joins them).
+        kernel, recurrent, bias = (tf.convert_to_tensor(w) for w in (self.kernel, self.recurrent_kernel, self.bias))
         # Every step's input projection in one matmul, time-major for the loop.
-        projected = tf.matmul(tf.reshape(x, [-1, tf.shape(x)[-1]]), self.kernel) + self.bias
+        projected = tf.matmul(tf.reshape(x, [-1, tf.shape(x)[-1]]), kernel) + bias
         projected = tf.transpose(tf.reshape(projected, [b, steps, 4 * self.units]), [1, 0, 2])
         keep = tf.transpose(mask)[:, :, None]
-        recurrent = tf.identity(self.recurrent_kernel)  # one read, outside the loop
 
         def step(carry, inputs):
             h, c = carry
