@@ -222,18 +222,20 @@ class TransformerBlock(tf.keras.layers.Layer):
 # --------------------------------------------------------------------------------------
 
 
-def zero_attention(queries, values, mask, scale: float | None = None):
+def zero_attention(queries, values, mask, scale: float | None = None, zero_logit=None):
     """Attention of each query over [0; values].
 
     queries [b, Q, d], values [b, L, d] (keys are the values, as in the paper), mask
     [b, L] bool (True = real behaviour). Returns (outputs [b, Q, d], weights [b, Q, 1 + L])
     where weights[..., 0] is the mass on the zero vector. `scale` multiplies the logits
-    (default 1/sqrt(d), the usual dot-product attention scaling)."""
+    (default 1/sqrt(d), the usual dot-product attention scaling); `zero_logit` (default 0,
+    <q, 0>) is the zero vector's logit, a scalar: the higher, the more like the query a
+    value must be to be attended to."""
     d = tf.cast(tf.shape(queries)[-1], queries.dtype)
     scale = tf.math.rsqrt(d) if scale is None else tf.cast(scale, queries.dtype)
     logits = tf.matmul(queries, values, transpose_b=True) * scale  # [b, Q, L]
     logits += (1.0 - tf.cast(mask, logits.dtype))[:, None, :] * MASK_LOGIT
-    zero_logit = tf.zeros_like(logits[..., :1])  # <q, 0> = 0
+    zero_logit = tf.zeros_like(logits[..., :1]) + (0.0 if zero_logit is None else tf.cast(zero_logit, logits.dtype))
     weights = tf.nn.softmax(tf.concat([zero_logit, logits], axis=-1), axis=-1)
     # The zero vector's value is 0: only the behaviours' weights contribute.
     outputs = tf.matmul(weights[..., 1:], values)
@@ -273,12 +275,17 @@ class MultiGrainedSemanticUnit(tf.keras.layers.Layer):
       q_2gram   = mean of bigram embeddings
       q_seg     = mean of word embeddings
       q_seg_seq = mean of the last Transformer layer over the words (learned positions)
-      q_his_seq = softmax(q_seg . q_his^T / sqrt(d)) q_his, q_his[j] = mean of the
-                  words of earlier query j; the zero vector when there is no history
+      q_his_seq = zero attention of q_seg over q_his, q_his[j] = mean of the words of
+                  earlier query j; the zero vector when there is no history
       q_mix     = q_1gram + q_2gram + q_seg + q_seg_seq + q_his_seq
-    Each row then goes through its own LayerNorm (q_mix sums the normalised rows), so the
-    six are on one scale; q_his_seq stays zero without history. All means and the
-    attention are masked, so padding never changes the output.
+    Each of the first four rows goes through its own LayerNorm (q_mix sums the normalised
+    rows), so they are on one scale. The history is attended on the same scale (q_seg's
+    LayerNorm applied to the query and to each earlier query) but its output is not
+    normalised again: with zero attention (as the behaviour branches use, the zero vector's
+    logit a learned threshold, 0 at the start) a history with no earlier query like this
+    one gives a shorter vector, and a LayerNorm would scale that mixture of unrelated
+    queries up to a full row of every query and of q_mix. All means
+    and the attention are masked, so padding never changes the output.
 
     With `use_mgs=False` (the paper's ablation) the query is only the (normalised) mean of
     its word embeddings, repeated six times: the rest of the network (six query slots in each
@@ -310,10 +317,14 @@ class MultiGrainedSemanticUnit(tf.keras.layers.Layer):
             self.blocks = [
                 TransformerBlock(dim, num_heads, ff_dim, dropout, name=f"seg_seq_block_{i}") for i in range(num_layers)
             ]
+            # The zero vector's logit in the attention over earlier queries, learned: how
+            # like the query an earlier one must be to enter q_his_seq (0 at the start).
+            self.his_threshold = self.add_weight(name="his_threshold", shape=(), initializer="zeros")
         # One LayerNorm per row: a mean of embeddings, a Transformer output and a sum of
         # five vectors have norms an order of magnitude apart, and unnormalised the largest
-        # would dominate q_mix and every attention the rows take part in.
-        rows = GRANULARITIES if use_mgs else ("q_seg",)
+        # would dominate q_mix and every attention the rows take part in. q_his_seq is
+        # attended on q_seg's scale and keeps its length (see the class docstring).
+        rows = tuple(g for g in GRANULARITIES if g != "q_his_seq") if use_mgs else ("q_seg",)
         self.row_norms = {g: tf.keras.layers.LayerNormalization(epsilon=1e-6, name=f"{g}_norm") for g in rows}
 
     def call(self, inputs: dict, training=None):
@@ -335,18 +346,16 @@ class MultiGrainedSemanticUnit(tf.keras.layers.Layer):
             x = block(x, mask=words_mask, training=training)
         q_seg_seq = masked_mean(x, words_mask)
 
+        rows = {"q_1gram": q_1gram, "q_2gram": q_2gram, "q_seg": q_seg, "q_seg_seq": q_seg_seq}
+        rows = {g: norm[g](v) for g, v in rows.items()}
+
         his, his_mask = inputs["his"], inputs["his_mask"]
         q_his = masked_mean(his, his_mask)  # [b, H, d]
+        q_his = tf.reshape(norm["q_seg"](tf.reshape(q_his, [-1, self.dim])), tf.shape(q_his))  # on q_seg's scale
         has_query = tf.reduce_any(his_mask, axis=-1)  # [b, H]
-        logits = tf.matmul(q_seg[:, None, :], q_his, transpose_b=True) * (self.dim**-0.5)  # [b, 1, H]
-        logits += (1.0 - tf.cast(has_query, logits.dtype))[:, None, :] * MASK_LOGIT
-        q_his_seq = tf.matmul(tf.nn.softmax(logits, axis=-1), q_his)[:, 0, :]
-        # No earlier query at all: the softmax above spreads over padding; use zeros.
-        any_his = tf.cast(tf.reduce_any(has_query, axis=-1), q_his_seq.dtype)[:, None]
-
-        rows = {"q_1gram": q_1gram, "q_2gram": q_2gram, "q_seg": q_seg, "q_seg_seq": q_seg_seq, "q_his_seq": q_his_seq}
-        rows = {g: norm[g](v) for g, v in rows.items()}
-        rows["q_his_seq"] *= any_his
+        # No earlier query at all: every weight goes to the zero vector, q_his_seq is 0.
+        rows["q_his_seq"] = zero_attention(rows["q_seg"][:, None, :], q_his, has_query,
+                                           zero_logit=self.his_threshold)[0][:, 0, :]
         rows["q_mix"] = norm["q_mix"](tf.add_n(list(rows.values())))
         return tf.stack([rows[g] for g in GRANULARITIES], axis=1)
 

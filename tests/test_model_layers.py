@@ -81,8 +81,10 @@ def test_multi_grained_semantic_unit_shape_and_parts(use_mgs):
     np.testing.assert_allclose(q[:, 2], layer_norm(q_seg), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(q[:, 5], layer_norm(q[:, :5].sum(1)), rtol=1e-4, atol=1e-4)  # q_mix: the sum
     assert np.allclose(q[2, 4], 0.0)  # no historical query: q_his_seq is zero
-    # One earlier query: q_his_seq is that query's mean word vector.
-    np.testing.assert_allclose(q[1, 4], layer_norm(inputs["his"].numpy()[1, 0, :2].mean(0)), rtol=1e-4, atol=1e-4)
+    # One earlier query: zero attention between it and the zero vector, both rows on q_seg's scale.
+    earlier = layer_norm(inputs["his"].numpy()[1, 0, :2].mean(0))
+    weight = 1 / (1 + np.exp(-layer_norm(q_seg[1]) @ earlier / np.sqrt(D)))
+    np.testing.assert_allclose(q[1, 4], weight * earlier, rtol=1e-4, atol=1e-4)
 
 
 def layer_norm(x, eps=1e-6):
@@ -105,7 +107,36 @@ def test_the_six_query_rows_are_on_one_scale():
         "his": small(B, 4, 3, d, seed=4), "his_mask": tf.sequence_mask([[3, 1, 0, 0], [2, 2, 0, 0], [1, 0, 0, 0]], 3),
     }
     norms = np.linalg.norm(mgs(inputs).numpy(), axis=-1)  # [b, 6]
-    assert norms.max() / norms.min() < 1.5, norms
+    normalised = norms[:, [0, 1, 2, 3, 5]]
+    assert normalised.max() / normalised.min() < 1.5, norms
+    # The history row is on the same scale at most: a weighted part of q_seg-scaled queries.
+    assert (norms[:, 4] <= 1.01 * norms[:, 2]).all() and (norms[:, 4] > 0).all(), norms
+
+
+def test_history_unlike_the_query_gives_a_short_history_row():
+    """q_his_seq carries an earlier query like this one at (almost) full length and a
+    history of unrelated queries only in part, so it cannot pull every query towards the
+    user's other intents as a full row of q_mix."""
+    d = 32
+    mgs = MultiGrainedSemanticUnit(d, HEADS, 64)
+    rng = np.random.default_rng(0)
+    words = rng.normal(scale=d**-0.5, size=(2, 3, d)).astype(np.float32)
+    his = rng.normal(scale=d**-0.5, size=(2, 4, 3, d)).astype(np.float32)
+    his[0, 2] = words[0]  # user 0 searched this very query before; user 1 only other things
+    mask = lambda *shape: tf.ones(shape, tf.bool)  # noqa: E731
+    inputs = {"chars": tf.constant(words), "chars_mask": mask(2, 3), "bigrams": tf.constant(words),
+              "bigrams_mask": mask(2, 3), "words": tf.constant(words), "words_mask": mask(2, 3),
+              "his": tf.constant(his), "his_mask": mask(2, 4, 3)}
+    q = mgs(inputs).numpy()
+    full = np.linalg.norm(q[:, 2], axis=-1)  # the q_seg row
+    history = np.linalg.norm(q[:, 4], axis=-1)
+    assert history[0] > 0.9 * full[0], (history, full)
+    assert history[1] < 0.75 * full[1], (history, full)
+    # A higher learned threshold keeps the matching query and shuts the unrelated ones out.
+    mgs.his_threshold.assign(3.0)
+    q = mgs(inputs).numpy()
+    history = np.linalg.norm(q[:, 4], axis=-1)
+    assert history[0] > 0.9 * full[0] and history[1] < 0.25 * full[1], (history, full)
 
 
 def test_zero_attention_sends_irrelevant_history_to_the_zero_vector():
