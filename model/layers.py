@@ -284,8 +284,8 @@ class MultiGrainedSemanticUnit(tf.keras.layers.Layer):
     normalised again: with zero attention (as the behaviour branches use, the zero vector's
     logit a learned threshold, 0 at the start) a history with no earlier query like this
     one gives a shorter vector, and a LayerNorm would scale that mixture of unrelated
-    queries up to a full row of every query and of q_mix. All means
-    and the attention are masked, so padding never changes the output.
+    queries up to a full row of every query and of q_mix. All means and the attention are
+    masked, so padding never changes the output.
 
     With `use_mgs=False` (the paper's ablation) the query is only the (normalised) mean of
     its word embeddings, repeated six times: the rest of the network (six query slots in each
