@@ -122,6 +122,7 @@ def build(tf, config, sizes, keras_layers: bool = False):
     """The model compiled with the paper's optimiser; `keras_layers`: with the Keras layers
     model.fast replaced swapped in before it is built (RNN(LSTMCell) as a while loop, one
     gather per looked-up id; same maths, docs/scale.md)."""
+    from model.fast import keras_lstm
     from model.mgdspr import MGDSPR, build_model, make_optimizer
 
     if keras_layers:
@@ -129,11 +130,7 @@ def build(tf, config, sizes, keras_layers: bool = False):
         tables = model.embeddings.tables
         model.embeddings.lookup = lambda vocab, ids: tables[vocab](ids)
         real_time = model.user_tower.real_time
-        real_time.lstms = [
-            tf.keras.layers.RNN(tf.keras.layers.LSTMCell(config.embedding_dim, name="cell"),
-                                return_sequences=True, name=f"lstm_{i}")
-            for i in range(len(real_time.lstms))
-        ]
+        real_time.lstms = [keras_lstm(config.embedding_dim, f"lstm_{i}") for i in range(len(real_time.lstms))]
         dummy = model.dummy_inputs()
         model.user_tower(dummy, training=False)
         model.item_tower(dummy, training=False)

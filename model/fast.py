@@ -33,6 +33,13 @@ def unique_lookup(embedding: tf.keras.layers.Layer, ids: tf.Tensor) -> tf.Tensor
     return out
 
 
+def keras_lstm(units: int, name: str, unroll: bool = False) -> tf.keras.layers.Layer:
+    """The Keras layer `LSTM` replaces, RNN(LSTMCell) with the cell named `cell`: the same
+    weights at the same checkpoint paths. Unrolled, it is a flat graph (FLOP counting)."""
+    return tf.keras.layers.RNN(tf.keras.layers.LSTMCell(units, name="cell"), return_sequences=True, unroll=unroll,
+                               name=name)
+
+
 class _Weights(tf.keras.layers.Layer):
     """The LSTM's three weights under the names Keras' LSTMCell gives them, tracked as the
     layer's `cell`: a checkpoint of RNN(LSTMCell) restores into `LSTM` and back."""
@@ -111,4 +118,4 @@ class LSTM(tf.keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
-__all__ = ["LSTM", "unique_lookup"]
+__all__ = ["LSTM", "keras_lstm", "unique_lookup"]

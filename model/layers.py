@@ -17,7 +17,7 @@ import features  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
 from features.spec import MAX_QUERY_WORDS
-from model.fast import LSTM, unique_lookup
+from model.fast import LSTM, keras_lstm, unique_lookup
 from model.lookup import vocab_of
 
 # --------------------------------------------------------------------------------------
@@ -435,11 +435,7 @@ class RealTimeBehaviour(tf.keras.layers.Layer):
         # has put them on different parameter servers. Unrolled (a flat graph for FLOP
         # counting), the Keras RNN over an LSTMCell; both keep the weights at `cell.*`.
         self.lstms = [
-            tf.keras.layers.RNN(
-                tf.keras.layers.LSTMCell(dim, name="cell"), return_sequences=True, unroll=True, name=f"lstm_{i}"
-            )
-            if unroll
-            else LSTM(dim, name=f"lstm_{i}")
+            keras_lstm(dim, f"lstm_{i}", unroll=True) if unroll else LSTM(dim, name=f"lstm_{i}")
             for i in range(lstm_layers)
         ]
         self.drops = [tf.keras.layers.Dropout(dropout) for _ in range(lstm_layers)]
