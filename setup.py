@@ -13,6 +13,7 @@ setup(
         "tensorflow-recommenders==0.7.7",
         "scann[tf]==1.4.2",
         "apache-beam==2.77.*",
+        "google-crc32c",
         "jieba==0.42.1",
         "tensorflow-serving-api==2.20.*",
         "pyarrow",

@@ -122,17 +122,70 @@ def time_pipeline(raw_dir: str, out_dir: str, beam_args: list[str]) -> dict:
     }
 
 
-def time_in_subprocess(raw_dir: str, out_dir: str, beam_args: list[str]) -> dict:
+def time_runner_floor(raw_dir: str, beam_args: list[str]) -> dict:
+    """The DirectRunner's own cost for the job's shape, with none of the job's work: every
+    event line read, keyed by its item (a slice of the line), grouped, re-keyed by its
+    user, grouped again, counted. What the job does beyond this is its own per-element
+    work; its events/s cannot exceed this one's on the same runner."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import contract
+
+    paths = [p for p in contract.find_inputs(raw_dir, "events") if p.endswith(".jsonl")]
+    if not paths:
+        return {}
+    cpu0 = _cpu_seconds()
+    start = time.perf_counter()
+    with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", *beam_args])) as p:
+        (
+            p
+            | beam.Create(paths)
+            | beam.io.ReadAllFromText()
+            | "ByItem" >> beam.Map(lambda line: (line[-30:], line))
+            | "GroupByItem" >> beam.GroupByKey()
+            | "ByUser" >> beam.FlatMap(lambda kv: ((line[:20], line) for line in kv[1]))
+            | "GroupByUser" >> beam.GroupByKey()
+            | "Count" >> beam.Map(lambda kv: sum(1 for _ in kv[1]))
+            | beam.CombineGlobally(sum)
+        )
+    wall = time.perf_counter() - start
+    events = sum(1 for path in paths for _ in open(path, encoding="utf-8"))
+    return {"wall_s": wall, "cpu_s": _cpu_seconds() - cpu0, "events": events, "events_per_s": events / wall}
+
+
+def time_in_subprocess(raw_dir: str, out_dir: str, beam_args: list[str], root: str | None = None,
+                       what: str = "time_pipeline") -> dict:
+    """`what` (time_pipeline, time_runner_floor) in a fresh process; `root`: run the code of
+    that source tree instead of this one (an earlier version's checkout)."""
     import subprocess
     import sys
 
-    code = ("import json, sys; from benchmarks.preprocess import time_pipeline; "
-            "print('RESULT ' + json.dumps(time_pipeline(sys.argv[1], sys.argv[2], sys.argv[3:])))")
-    out = subprocess.run([sys.executable, "-c", code, raw_dir, out_dir, *beam_args], capture_output=True, text=True)
+    args = [raw_dir, out_dir] if what == "time_pipeline" else [raw_dir]
+    # This file's function, with `root` first on the path so that the job's packages
+    # (pipeline, features) are that tree's.
+    code = (f"import json, runpy, sys; sys.path.insert(0, {(root or '')!r}) if {bool(root)} else None; "
+            f"fn = runpy.run_path({os.path.abspath(__file__)!r})[{what!r}]; "
+            f"print('RESULT ' + json.dumps(fn(*sys.argv[1:{len(args) + 1}], sys.argv[{len(args) + 1}:])))")
+    env = dict(os.environ, PYTHONPATH=root) if root else None  # the job's worker processes too
+    out = subprocess.run([sys.executable, "-c", code, *args, *beam_args], capture_output=True, text=True,
+                         cwd=root, env=env)
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     if out.returncode != 0 or line is None:
-        raise RuntimeError(f"preprocess of {raw_dir} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+        raise RuntimeError(f"{what} on {raw_dir} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
     return json.loads(line[len("RESULT "):])
+
+
+def checkout(rev: str, where: str) -> str:
+    """A detached worktree of this repository at `rev` under `where` (its source tree)."""
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tree = os.path.join(os.path.abspath(where), f"baseline-{rev}")
+    if not os.path.exists(tree):
+        subprocess.run(["git", "-C", repo, "worktree", "add", "--detach", tree, rev], check=True,
+                       capture_output=True, text=True)
+    return tree
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--also-in-memory", action="store_true", help="also time the single-process DirectRunner mode, for comparison"
     )
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run the job of an earlier version (a git revision of this repository, checked "
+                             "out beside the data) on the medium world in the same run, for the ratio")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the runner alone on the job's shape (read, two shuffles), the ceiling of "
+                             "any job on this runner (default on)")
     args = parser.parse_args(argv)
 
     worlds = [args.scale] + (["large"] if args.large and args.scale != "large" else [])
@@ -166,14 +225,24 @@ def main(argv: list[str] | None = None) -> int:
     runs = {(args.scale, "multi_processing"): multi}
     if args.also_in_memory:
         runs[(args.scale, "in_memory")] = ["--direct_running_mode=in_memory"]
+    if args.baseline:
+        runs[(args.scale, f"baseline {args.baseline}")] = multi
     for scale in worlds[1:]:
         runs[(scale, "multi_processing")] = multi
     results = {}
     for (scale, mode), beam_args in runs.items():
         print(f"preprocess {scale} ({mode}) ...", flush=True)
-        raw = os.path.join(args.data, scale, "raw")
-        out = os.path.join(args.out or args.data, scale, "processed")
-        results[f"{scale}/{mode}"] = time_in_subprocess(raw, out, beam_args)
+        raw = os.path.abspath(os.path.join(args.data, scale, "raw"))
+        out = os.path.abspath(os.path.join(args.out or args.data, scale, "processed"))
+        root = None
+        if mode.startswith("baseline"):
+            root = checkout(args.baseline, args.out or args.data)
+            out += "-baseline"
+        results[f"{scale}/{mode}"] = time_in_subprocess(raw, out, beam_args, root)
+    floor = None
+    if args.floor:
+        print(f"runner alone on the job's shape, {args.scale} ...", flush=True)
+        floor = time_in_subprocess(os.path.join(args.data, args.scale, "raw"), "", multi, what="time_runner_floor")
     raw = os.path.join(args.data, args.scale, "raw")
     print("tokenizer alone ...", flush=True)
     titles, queries, names = read_texts(raw)
@@ -183,11 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'':44}{'seconds':>10}{'per second':>14}")
     for key, r in results.items():
-        label = f"pipeline, {key}" + (f" ({args.workers} workers)" if key.endswith("multi_processing") else "")
+        label = f"pipeline, {key}" + ("" if key.endswith("in_memory") else f" ({args.workers} workers)")
         print(f"{label:44}{r['wall_s']:>10.1f}{r['events_per_s']:>14,.0f} events   "
               f"({r['events']:,} events, {r['examples']:,} examples; {r['cpu_s']:.0f} CPU s, "
               f"{r['events_per_cpu_s']:,.0f} events per CPU s; peak memory: largest worker "
               f"{r['peak_worker_mib']:,.0f} MiB, driver {r['peak_driver_mib']:,.0f} MiB)")
+    if floor:
+        print(f"{f'runner alone, {args.scale} ({args.workers} workers)':44}{floor['wall_s']:>10.1f}"
+              f"{floor['events_per_s']:>14,.0f} events   (read, two shuffles, no work; {floor['cpu_s']:.0f} CPU s)")
     print(f"{'tokenizer init (jieba + user dict)':44}{tok['init_s']:>10.2f}")
     print(f"{'tokenizer, cached as in the job':44}{tok['cached_s']:>10.1f}{tok['texts_per_s']:>14,.0f} texts    "
           f"({tok['titles']:,} titles + {tok['queries']:,} event queries)")
@@ -197,16 +269,24 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"ratio: tokenizer throughput / pipeline throughput = {tok['texts_per_s'] / job['events_per_s']:.1f}x; "
           f"the job's tokenizer work ({tok['cached_s']:.1f} s on one core) is {share:.0%} of its wall time")
+    base = results.get(f"{args.scale}/baseline {args.baseline}")
+    if base:
+        print(f"ratio: this version / {args.baseline} = {job['events_per_s'] / base['events_per_s']:.2f}x events/s, "
+              f"{base['cpu_s'] / job['cpu_s']:.2f}x on CPU seconds")
+    if floor:
+        print(f"ratio: the job runs at {job['events_per_s'] / floor['events_per_s']:.0%} of the runner's own ceiling "
+              f"for its shape; the job's own work is {1 - job['events_per_s'] / floor['events_per_s']:.0%} "
+              f"of its time")
     if f"{args.scale}/in_memory" in results:
         print(f"ratio: multi-processing / in-memory speed = "
               f"{results[f'{args.scale}/in_memory']['wall_s'] / job['wall_s']:.2f}x")
     for key, r in results.items():
-        total = sum(r["step_s"].values()) or 1
+        total = sum(r.get("step_s", {}).values()) or 1
         print(f"\nseconds per step, {key} (all workers; share of the steps' total):")
-        for step, sec in r["step_s"].items():
+        for step, sec in r.get("step_s", {}).items():
             if sec / total >= 0.005:
                 print(f"  {step:36}{sec:>10.1f}  {sec / total:>6.1%}")
-    report = {"machine": info, "pipeline": results, "tokenizer": tok, "scale": args.scale}
+    report = {"machine": info, "pipeline": results, "tokenizer": tok, "scale": args.scale, "runner_floor": floor}
     with open(os.path.join(args.out or args.data, args.scale, "bench_preprocess.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     return 0 if all(r["reconcile"] for r in results.values()) else 1

@@ -194,12 +194,6 @@ def check_output(out_dir: str, options) -> None:
             FileSystems.get_filesystem(out_dir)
         except ValueError:
             raise ValueError(f"--out {out_dir}: Beam has no file system for {scheme}://") from None
-        import tensorflow as tf
-
-        schemes = [s for s in tf.io.gfile.get_registered_schemes() if s]
-        if scheme not in schemes:
-            raise ValueError(f"--out {out_dir}: TensorFlow's record writer, which writes the TFRecords, cannot "
-                             f"write {scheme}:// (it knows {', '.join(schemes)})")
     probe = fio.join(out_dir, WORK_DIR, "probe")
     try:
         fio.write_text(probe, "ok")

@@ -473,3 +473,22 @@ def test_example_encoder_writes_the_message_to_example_writes():
         assert merged == example_pb2.Example.FromString(want)
     with pytest.raises(KeyError, match="unknown feature"):
         encoder.encode({"query_char": ["a"]})
+
+
+def test_tfrecord_framing_is_what_tensorflows_writer_writes(tmp_path):
+    import random
+
+    import tensorflow as tf
+
+    from pipeline.transforms import tfrecord
+
+    rng = random.Random(0)
+    records = [b"", b"x", *(rng.randbytes(rng.randrange(1, 5000)) for _ in range(50))]
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as w:
+        for r in records:
+            w.write(r)
+    assert b"".join(map(tfrecord, records)) == (tmp_path / "tf.tfrecord").read_bytes()
+    with gzip.open(tmp_path / "ours.tfrecord.gz", "wb") as f:
+        f.write(b"".join(map(tfrecord, records)))
+    read = tf.data.TFRecordDataset(str(tmp_path / "ours.tfrecord.gz"), compression_type="GZIP")
+    assert [r.numpy() for r in read] == records
