@@ -42,6 +42,8 @@ COMPRESSIONS = (".gz", ".bz2", ".zst", ".zstd", ".deflate", ".xz", ".lzma")
 TEXT_FIELDS = ("title", "query")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Either of the two above: one search clears a clean value (the common case).
+_SUSPECT = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 # The plausible event times: from EARLIEST_DATE to one day after the job starts.
@@ -121,6 +123,10 @@ def _iso(ts: int) -> str:
 
 def _text(record: dict, field: str, required: bool) -> str:
     value = record.get(field)
+    if value.__class__ is str:  # the common case, checked with one search
+        value = value.strip()
+        if value and not _SUSPECT.search(value):
+            return value
     if value is None or (isinstance(value, float) and value != value):  # None or NaN
         if required:
             raise BadRecord(f"missing_{field}", f"field {field!r} is missing")

@@ -23,7 +23,7 @@ from features.spec import FEATURES
 CACHE_STRINGS = 1 << 20
 
 
-def _varint(n: int) -> bytes:
+def _varint_slow(n: int) -> bytes:
     if n < 0:
         n += 1 << 64  # int64 two's complement, as protobuf writes it
     out = bytearray()
@@ -34,9 +34,21 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _field(tag: int, payload: bytes) -> bytes:
+# Varints of 0 .. 2^14 - 1 (every length and small number the job writes), looked up.
+_SMALL = [_varint_slow(n) for n in range(1 << 14)]
+
+
+def _varint(n: int) -> bytes:
+    return _SMALL[n] if 0 <= n < 16384 else _varint_slow(n)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field: tag byte, length, payload."""
-    return bytes((tag,)) + _varint(len(payload)) + payload
+    n = len(payload)
+    return tag + (_SMALL[n] if n < 16384 else _varint_slow(n)) + payload
+
+
+_T1, _T2, _T3 = b"\x0a", b"\x12", b"\x1a"  # tags of fields 1, 2, 3 (length-delimited)
 
 
 class ExampleEncoder:
@@ -52,7 +64,7 @@ class ExampleEncoder:
         data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
         if len(self._strings) >= self.cache_strings:
             self._strings.clear()
-        field = self._strings[value] = b"\x0a" + _varint(len(data)) + data
+        field = self._strings[value] = _field(_T1, data)
         return field
 
     def feature(self, name: str, value) -> bytes:
@@ -63,16 +75,16 @@ class ExampleEncoder:
         seq = (value if isinstance(value, (list, tuple)) else list(value))[: f.length] if f.length else [value]
         if f.dtype == "string":
             get = self._strings.get
-            values = b"".join([get(v) or self._string(v) for v in seq])
-            feature = _field(0x0A, values)
+            feature = _field(_T1, b"".join([get(v) or self._string(v) for v in seq]))
         elif f.dtype == "int64":
-            values = b"".join(_varint(int(v)) for v in seq)
-            feature = _field(0x1A, _field(0x0A, values) if values else b"")
+            values = b"".join([_varint(int(v)) for v in seq])
+            feature = _field(_T3, _field(_T1, values) if values else b"")
         else:
             values = struct.pack(f"<{len(seq)}f", *map(float, seq))
-            feature = _field(0x12, _field(0x0A, values) if values else b"")
-        return _field(0x0A, self._keys[name] + _field(0x12, feature))
+            feature = _field(_T2, _field(_T1, values) if values else b"")
+        return _field(_T1, self._keys[name] + _field(_T2, feature))
 
     def encode(self, values: Mapping[str, object]) -> bytes:
         """The serialised Example; concatenating two gives their merge (protobuf's rule)."""
-        return _field(0x0A, b"".join([self.feature(name, value) for name, value in values.items()]))
+        feature = self.feature
+        return _field(_T1, b"".join([feature(name, value) for name, value in values.items()]))
