@@ -492,3 +492,12 @@ def test_tfrecord_framing_is_what_tensorflows_writer_writes(tmp_path):
         f.write(b"".join(map(tfrecord, records)))
     read = tf.data.TFRecordDataset(str(tmp_path / "ours.tfrecord.gz"), compression_type="GZIP")
     assert [r.numpy() for r in read] == records
+
+
+def test_runner_floor_moves_every_event_through_two_shuffles(tiny_world):
+    from benchmarks.preprocess import time_runner_floor
+
+    raw = tiny_world[0]
+    floor = time_runner_floor(raw, ["--direct_running_mode=in_memory"])
+    lines = sum(1 for path in contract.find_inputs(raw, "events") for _ in open(path, encoding="utf-8"))
+    assert floor["events"] == lines > 0 and floor["events_per_s"] > 0
