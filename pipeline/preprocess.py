@@ -424,7 +424,8 @@ def run(
     stats = assemble_stats(out_dir, inputs=inputs, seconds=seconds, user_store=user_store)
     stats["step_seconds"] = step_seconds(result)
     if not all(stats["reconcile"].values()):
-        log.warning("preprocess: counts do not reconcile: %s", stats["reconcile"])
+        log.error("preprocess: counts do not reconcile, records were lost inside the job: %s",
+                  "; ".join(unreconciled(stats)))
     problems, warnings = check_usable(stats, min_valid_share)
     stats["problems"], stats["warnings"] = problems, warnings
     text = json.dumps(stats, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -454,6 +455,21 @@ def step_seconds(result) -> dict:
             step = c.key.step.split("/", 1)[0]
             totals[step] = totals.get(step, 0.0) + (c.committed or 0) / 1000
     return {k: round(v, 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
+def unreconciled(stats: dict) -> list[str]:
+    """What each count that does not reconcile is short of, in words."""
+    dead = {src: sum(r.values()) for src, r in stats["dead_letter_by_source"].items()}
+    out = []
+    for source in ("items", "events"):
+        if not stats["reconcile"].get(source, True):
+            n_in, valid, d = stats[f"{source}_in"], stats[f"{source}_valid"], dead.get(source, 0)
+            out.append(f"{source}: {n_in:,} read, {valid:,} valid and {d:,} dead letters, "
+                       f"{n_in - valid - d:,} not accounted for")
+    for name in ("positives", "users"):
+        if not stats["reconcile"].get(name, True):
+            out.append(f"{name} do not add up")
+    return out
 
 
 def check_usable(stats: dict, min_valid_share: float = DEFAULT_MIN_VALID_SHARE) -> tuple[list[str], list[str]]:
@@ -635,4 +651,6 @@ def print_summary(stats: dict, out_dir: str, file=None) -> None:
         lines.append(f"  WARNING: counts do not reconcile: {stats['reconcile']}")
     lines += [f"  WARNING: {w}" for w in stats.get("warnings", [])]
     lines += [f"  ERROR: {p}" for p in stats.get("problems", [])]
+    if not all(stats.get("reconcile", {}).values()):
+        lines += [f"  ERROR: records lost inside the job: {u}" for u in unreconciled(stats)]
     print("\n".join(lines), file=file)

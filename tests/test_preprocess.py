@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import io
 import json
 import os
 from collections import Counter
@@ -501,3 +502,19 @@ def test_runner_floor_moves_every_event_through_two_shuffles(tiny_world):
     floor = time_runner_floor(raw, ["--direct_running_mode=in_memory"])
     lines = sum(1 for path in contract.find_inputs(raw, "events") for _ in open(path, encoding="utf-8"))
     assert floor["events"] == lines > 0 and floor["events_per_s"] > 0
+
+
+def test_counts_that_do_not_reconcile_say_how_many_records_are_missing(job):
+    from pipeline.preprocess import print_summary, unreconciled
+
+    stats, out = job
+    broken = json.loads(json.dumps(stats))
+    broken["events_valid"] -= 7
+    broken["reconcile"]["events"] = False
+    assert unreconciled(stats) == []
+    assert unreconciled(broken) == [
+        f"events: {stats['events_in']:,} read, {stats['events_valid'] - 7:,} valid and "
+        f"{sum(stats['dead_letter_by_source']['events'].values()):,} dead letters, 7 not accounted for"]
+    shown = io.StringIO()
+    print_summary(broken, out, file=shown)
+    assert "ERROR: records lost inside the job: events:" in shown.getvalue()
