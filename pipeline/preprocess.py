@@ -648,9 +648,7 @@ def print_summary(stats: dict, out_dir: str, file=None) -> None:
         lines.append(f"  user store {store['users']:,} users as of {store['as_of_utc']}  "
                      f"{store['bytes'] / 2**20:.1f} MiB  {store['file']}")
     if not all(stats["reconcile"].values()):
-        lines.append(f"  WARNING: counts do not reconcile: {stats['reconcile']}")
+        lines += [f"  ERROR: records lost inside the job: {u}" for u in unreconciled(stats)]
     lines += [f"  WARNING: {w}" for w in stats.get("warnings", [])]
     lines += [f"  ERROR: {p}" for p in stats.get("problems", [])]
-    if not all(stats.get("reconcile", {}).values()):
-        lines += [f"  ERROR: records lost inside the job: {u}" for u in unreconciled(stats)]
     print("\n".join(lines), file=file)
