@@ -518,3 +518,10 @@ def test_counts_that_do_not_reconcile_say_how_many_records_are_missing(job):
     shown = io.StringIO()
     print_summary(broken, out, file=shown)
     assert "ERROR: records lost inside the job: events:" in shown.getvalue()
+
+
+def test_join_loss_check_counts_every_event_through_the_catalog_join(tiny_world):
+    from benchmarks.join_loss import count_join
+
+    counts = count_join(tiny_world[0], ["--direct_running_mode=in_memory"])
+    assert counts["read"] == counts["emitted"] == counts["tallied"] > 0
