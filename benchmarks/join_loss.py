@@ -35,18 +35,18 @@ def count_join(raw_dir: str, beam_args: list[str]) -> dict:
 
     from pipeline import contract
     from pipeline import transforms as T
+    from pipeline.preprocess import job_inputs
 
-    events = contract.find_inputs(raw_dir, "events")
-    items = contract.find_inputs(raw_dir, "items")
-    headers = {p: contract.csv_header(p) for p in events + items if contract.format_of(p) == "csv"}
+    items, item_fmt, item_headers = job_inputs(raw_dir, "items")
+    events, event_fmt, event_headers = job_inputs(raw_dir, "events")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         def write(pcoll, name):
             return pcoll | f"Write{name}" >> beam.io.WriteToText(os.path.join(tmp, name), shard_name_template="")
 
         with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", *beam_args])) as p:
-            it = p | "ReadItems" >> T.ReadRecords("items", items, contract.format_of(items[0]), headers)
-            ev = p | "ReadEvents" >> T.ReadRecords("events", events, contract.format_of(events[0]), headers,
+            it = p | "ReadItems" >> T.ReadRecords("items", items, item_fmt, item_headers)
+            ev = p | "ReadEvents" >> T.ReadRecords("events", events, event_fmt, event_headers,
                                                    contract.TsRange.default())
             words = it.valid | "UserDictionary" >> T.UserDictionary()
             joined = {"items": it.valid, "events": ev.valid} | "JoinCatalog" >> T.JoinCatalog(words)

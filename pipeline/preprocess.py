@@ -219,7 +219,7 @@ def pipeline_options(beam_args=None):
     return PipelineOptions(args)
 
 
-def _inputs(raw_dir: str, name: str) -> tuple[list[str], str, dict]:
+def job_inputs(raw_dir: str, name: str) -> tuple[list[str], str, dict]:
     """Files, format and (for CSV) the header of each file of one input, each file
     checked before the job starts: required columns (CSV header, Parquet schema), and
     a text encoding and line ends the job reads (`_sniff`)."""
@@ -304,8 +304,8 @@ def build(p, raw_dir: str, out_dir: str, *, test_date=None, train_days=7, test_d
     from pipeline import transforms as T
 
     plausible = plausible or contract.TsRange.default()
-    item_paths, item_fmt, item_headers = _inputs(raw_dir, "items")
-    event_paths, event_fmt, event_headers = _inputs(raw_dir, "events")
+    item_paths, item_fmt, item_headers = job_inputs(raw_dir, "items")
+    event_paths, event_fmt, event_headers = job_inputs(raw_dir, "events")
     work_dir = fio.join(out_dir, WORK_DIR)
     vocab_dir = fio.join(out_dir, "vocab")
     num_shards = shards or 0
@@ -394,7 +394,7 @@ def run(
     check_beam_args(beam_args)
     text_units = text_units_of(raw_dir, text_units)
     for name in ("items", "events"):
-        _inputs(raw_dir, name)  # fail on missing, mixed or malformed inputs before touching OUT
+        job_inputs(raw_dir, name)  # fail on missing, mixed or malformed inputs before touching OUT
     options = pipeline.options if pipeline is not None else pipeline_options(beam_args)
     check_output(out_dir, options)
     _clean_outputs(out_dir)
