@@ -43,7 +43,7 @@ from features import io as fio
 from features import logs
 from features.history import USER_STORE_DIR, USER_STORE_FILE
 from features.tokenizer import TEXT_UNITS
-from pipeline import contract
+from pipeline import contract, runner_guard
 from pipeline.timeline import DEFAULT_MAX_USER_EVENTS
 from pipeline.user_store import USERS_DIR, build_user_store
 
@@ -414,6 +414,7 @@ def run(
         text_units=text_units,
         progress_dir=progress.directory,
     )
+    runner_guard.install()  # Beam's data plane loses records of large bundles without it
     start = time.perf_counter()
     with logs.captured_stderr(), progress:  # the DirectRunner's worker processes log to fd 2
         result = p.run()

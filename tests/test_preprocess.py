@@ -15,7 +15,7 @@ import pytest
 from features import Tokenizer
 from features.spec import MAX_LONG_TERM, MAX_REALTIME, MAX_SHORT_TERM
 from features.vocab import VOCABS, rank_tokens
-from pipeline import contract
+from pipeline import contract, runner_guard
 from pipeline.timeline import DAY, Timeline, UserEvent, Window, cap_events, day_start, sort_key, user_examples
 
 USER_WORDS = ["阿迪达斯", "耐克", "无印良品", "跑步鞋", "篮球鞋", "连衣裙", "运动鞋", "女装"]
@@ -245,8 +245,13 @@ def job(tmp_path_factory):
     write_jsonl(raw / "items.jsonl", ITEMS, BAD_ITEM_LINES)
     write_jsonl(raw / "events.jsonl", EVENTS, ["", *BAD_EVENT_LINES])  # a blank line is no record
     out = root / "out"
+    runner_guard.uninstall()  # so that test_the_job_guards_beams_data_plane sees this run install it
     stats = run_job(raw, out, test_date="2024-03-08", shards=2)
     return stats, str(out)
+
+
+def test_the_job_guards_beams_data_plane(job):
+    assert runner_guard.installed()
 
 
 def test_stats_count_and_reconcile(job):
