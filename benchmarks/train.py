@@ -101,6 +101,7 @@ def main(argv=None) -> int:
     config = load_config(None, args.overrides)
     _, processed, stats = prepare_data(args.data, args.scale, args.seed)
     from benchmarks.machine import summary
+    from benchmarks.reproduce import relative
 
     machine = summary()
     print(f"bench-train on {machine}; world {processed} ({stats.get('examples_train')} training examples); "
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
             verdict = "met" if eps / base >= goal else "not met"
             print(f"{labels[name]}: {eps / base:.2f}x single (goal >= {goal}x: {verdict})")
     os.makedirs(args.out, exist_ok=True)
-    report = {"machine": machine, "world": os.path.abspath(processed), "steps": args.steps,
+    report = {"machine": machine, "world": relative(processed), "steps": args.steps,
               "config": json.loads(config.to_json()), "results": results}
     with open(os.path.join(args.out, "bench_train.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
