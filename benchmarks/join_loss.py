@@ -1,7 +1,7 @@
 """Does every valid event reach the catalog join? A reproduction of the large world's
 missing events (docs/benchmarks.md, "Records lost inside the runner").
 
-    python -m benchmarks.join_loss --raw data/large/raw              # about 7 minutes on 2 cores
+    python -m benchmarks.join_loss --raw data/large/raw              # about 8 minutes on 2 cores
     python -m benchmarks.join_loss --raw data/large/raw --unguarded  # Beam as it comes: loses events
     python -m benchmarks.join_loss --raw data/medium/raw --mode in_memory
 
