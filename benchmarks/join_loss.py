@@ -29,15 +29,21 @@ def _valid_tally(kv) -> int:
     return counter.get("events_valid", 0) if key == STATS_KEY else 0
 
 
-def count_join(raw_dir: str, beam_args: list[str]) -> dict:
+def count_join(raw_dir: str, beam_args: list[str], guarded: bool = True) -> dict:
     """{"read": valid events read, "emitted": events the join emitted, "tallied": events
-    it counted as valid, "seconds": wall time}."""
+    it counted as valid, "seconds": wall time}. `guarded`: with the job's data-plane guard
+    (pipeline.runner_guard), as the job runs; False runs Beam as it comes."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline import contract
+    from pipeline import contract, runner_guard
     from pipeline import transforms as T
     from pipeline.preprocess import job_inputs
+
+    if not guarded:
+        runner_guard.uninstall()
+    elif not runner_guard.install():
+        print("this Beam has no time-buffered data stream to guard", file=sys.stderr)
 
     items, item_fmt, item_headers = job_inputs(raw_dir, "items")
     events, event_fmt, event_headers = job_inputs(raw_dir, "events")
@@ -73,16 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unguarded", action="store_true",
                         help="run without the job's data-plane guard (pipeline.runner_guard), as Beam comes")
     args = parser.parse_args(argv)
-    from pipeline import runner_guard
-
-    if args.unguarded:
-        runner_guard.uninstall()
-    elif not runner_guard.install():
-        print("this Beam has no time-buffered data stream to guard", file=sys.stderr)
     beam_args = [f"--direct_running_mode={args.mode}"]
     if args.mode == "multi_processing":
         beam_args.append(f"--direct_num_workers={args.workers}")
-    c = count_join(args.raw, beam_args)
+    c = count_join(args.raw, beam_args, guarded=not args.unguarded)
     lost = c["read"] - c["emitted"]
     guard = "unguarded" if args.unguarded else "guarded"
     print(f"{args.raw} ({args.mode}, {guard}): {c['read']:,} valid events read, {c['emitted']:,} emitted by the join, "

@@ -133,11 +133,14 @@ def time_runner_floor(raw_dir: str, beam_args: list[str]) -> dict:
     """The DirectRunner's own cost for the job's shape, with none of the job's work: every
     event line read, keyed by its item (a slice of the line), grouped, re-keyed by its
     user, grouped again, counted. What the job does beyond this is its own per-element
-    work; its events/s cannot exceed this one's on the same runner."""
+    work; its events/s cannot exceed this one's on the same runner. Guarded against Beam's
+    data-plane race as the job is (pipeline.runner_guard), so that every line is counted."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline import contract
+    from pipeline import contract, runner_guard
+
+    runner_guard.install()
 
     paths = [p for p in contract.find_inputs(raw_dir, "events") if p.endswith(".jsonl")]
     if not paths:

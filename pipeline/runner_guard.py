@@ -19,7 +19,8 @@ has no data plane and loses nothing.
 runner's writes and the periodic flush no longer interleave. It changes one method of
 one class in the running interpreter, only where the runner lives (the driver process;
 the worker processes' streams are size-buffered and flushed by their own thread), and it
-is idempotent. `preprocess.run` installs it before every run."""
+is idempotent. `preprocess.run`, and the benchmarks that run the job's shape on Beam,
+install it before they run."""
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,8 @@ def installed() -> bool:
 def install() -> bool:
     """Makes the time-buffered data stream's writes wait for a flush in progress.
     Returns True if the guard is in place (now or already), False when this Beam has no
-    such stream or its flush lock is gone (then there is nothing this guard can do; the
-    job's reconciliation still reports any loss)."""
+    such stream or no periodic flush (then there is nothing this guard can do; the job's
+    reconciliation still reports any loss). A stream without a flush lock writes as before."""
     cls = _stream_class()
     if cls is None or not hasattr(cls, "_schedule_periodic_flush"):
         return False
