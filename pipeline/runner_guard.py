@@ -10,8 +10,8 @@ holds 100 MB), the hand-off blocks, and every chunk written meanwhile is cleared
 having been sent: the worker never sees those records, and the bundle still succeeds.
 
 Small inputs are written within the first flush interval and are safe. On the large
-world (13.5M events) unguarded runs lost 0.6% to 78% of the events, varying from run to
-run: whole chunks of a bundle's input, from the first shuffle whose input outgrows the
+world (13.5M events) unguarded runs lost 0.6% to 24% of the events (78% in one slowed by
+logging), varying from run to run: whole chunks of a bundle's input, from the first shuffle whose input outgrows the
 send queue on (docs/benchmarks.md, "Records lost inside the runner"). The in-memory mode
 has no data plane and loses nothing.
 
