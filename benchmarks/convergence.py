@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     tf.keras.utils.set_random_seed(config.seed)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
-    model, optimizer = build(config, Lookup(vocab_dir(args.data), config).table_sizes)
+    model, optimizer = build(config, Lookup(vocab_dir(args.data), config).table_sizes, args.data)
     model.compile(optimizer=optimizer)
     plateau = Plateau(args, time.time())
     epochs = -(-args.max_steps // args.eval_every)

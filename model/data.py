@@ -8,6 +8,8 @@ One element per step is ONE dict:
     item_log_q         [b] float32: log of the positive's share of training positives,
                        i.e. of its chance to show up as an in-batch negative
     neg_item_log_q     [n] float32: the same for the random items
+                       (both only with exact item ids; with hashed or pre-mapped ones
+                       the model looks them up by row, see `row_log_q`)
 
 b = batch size, n = `config.num_random_negatives` (random catalog items from `OUT/items/`).
 Strings are mapped to ids by `model.lookup.Lookup` inside the pipeline, so under a
@@ -50,10 +52,9 @@ def count_records(files: list[str]) -> int:
     return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
 
 
-def read_item_freq(path: str) -> tuple[int, int]:
-    """(distinct items, total positives) of `item_freq.tsv` (item_id \\t count); malformed
-    lines are an error naming the line."""
-    items = total = 0
+def item_freqs(path: str):
+    """(item_id, count) of each line of `item_freq.tsv` (item_id \\t count); a malformed
+    line is an error naming it."""
     for n, line in enumerate(read_lines(path), 1):
         key, sep, count = line.rpartition("\t")
         try:
@@ -62,9 +63,55 @@ def read_item_freq(path: str) -> tuple[int, int]:
             value = -1
         if not sep or not key or value < 0:
             raise ValueError(f"{path}:{n}: expected 'item_id<TAB>count', got {line!r}")
+        yield key, value
+
+
+def read_item_freq(path: str) -> tuple[int, int]:
+    """(distinct items, total positives) of `item_freq.tsv`."""
+    items = total = 0
+    for _, value in item_freqs(path):
         items += 1
         total += value
     return items, total
+
+
+def row_log_q(path: str, lookup, chunk: int = 1 << 20):
+    """log q of every item-id row, float32 [1 + item_id_buckets], for item ids that are
+    hashed or pre-mapped (`lookup`: a `model.lookup.Lookup` with item_ids "hash" or
+    "integer"), where a string table of every item (`LogQ`) would not fit a worker.
+
+    Each item's training-positive count goes to its row (items sharing a hashed row share
+    its count, as they share its embedding); a row with none gets the log of one count, as
+    in `LogQ`. Reads `item_freq.tsv` in chunks, so 10^8 items need only the array. The
+    model keeps it in a non-trainable table sharded over the parameter servers
+    (`MGDSPR.set_item_log_q`)."""
+    import numpy as np
+
+    if getattr(lookup, "item_ids", "vocab") == "vocab":
+        raise ValueError("row_log_q is for hashed or pre-mapped item ids; exact ids use LogQ")
+    if not exists(path):
+        raise FileNotFoundError(f"no item frequencies at {path}; run `ebr preprocess` first")
+    rows = 1 + lookup.item_id_buckets
+    counts = np.zeros(rows, np.float64)
+    keys, values = [], []
+
+    def flush():
+        ids = lookup.ids("item_id", tf.constant(keys)).numpy()
+        counts[:] += np.bincount(ids, weights=values, minlength=rows)
+        keys.clear()
+        values.clear()
+
+    for key, value in item_freqs(path):
+        keys.append(key)
+        values.append(value)
+        if len(keys) >= chunk:
+            flush()
+    if keys:
+        flush()
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError(f"{path}: no training positives counted")
+    return (np.log(np.maximum(counts, 1.0)) - math.log(total)).astype(np.float32)
 
 
 class LogQ(tf.Module):
@@ -188,7 +235,10 @@ def make_dataset(
     # A different order and different random negatives per worker or rank.
     seed = config.seed + 1000 * pipeline[1]
     lookup = Lookup(vocab_dir(data_dir), config)
-    log_q = LogQ(join(vocab_dir(data_dir), ITEM_FREQ_FILE)) if with_log_q else None
+    # Hashed or pre-mapped item ids: the model looks log q up itself (MGDSPR.item_log_q),
+    # with no string table of every item on the worker.
+    exact = getattr(config, "item_ids", "vocab") == "vocab"
+    log_q = LogQ(join(vocab_dir(data_dir), ITEM_FREQ_FILE)) if with_log_q and exact else None
 
     ds = _records(split_files(data_dir, split), pipeline, shuffle, seed)
     if shuffle:

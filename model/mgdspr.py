@@ -39,6 +39,7 @@ from model.layers import (
     tower_output,
     trim_padding,
 )
+from model.fast import unique_lookup
 from model.loss import NEGATIVE_LOG_Q, RetrievalLoss
 
 # The paper's four long-term sequences (item ids, shops, leaf categories, brands).
@@ -168,6 +169,13 @@ class MGDSPR(tfrs.Model):
         self.item_tower = ItemTower(config, self.embeddings)
         self.catalog_size = config.catalog_size or (table_sizes["item_id"] - 1 - VOCABS["item_id"].oov_buckets)
         self.retrieval_loss = RetrievalLoss(config, max(self.catalog_size, 1))
+        # Hashed or pre-mapped item ids: log q by row, a non-trainable [rows, 1] table that a
+        # parameter-server strategy shards like the embeddings (row_log_q fills it).
+        self.item_log_q = None
+        if config.item_ids != "vocab" and config.log_q_correction:
+            self.item_log_q = tf.keras.layers.Embedding(
+                table_sizes["item_id"], 1, embeddings_initializer="zeros", trainable=False, name="item_log_q"
+            )
         # Metrics, not bare tensors: under ParameterServerStrategy Keras reads epoch
         # results from metric variables, a step's return value is only the last worker's.
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
@@ -202,16 +210,34 @@ class MGDSPR(tfrs.Model):
         query = self.user_tower(inputs, training=training)
         positives, negatives = self.embed_items(inputs, training)
         negative_ids = inputs.get(SAMPLED_ITEM_PREFIX + "item_id") if negatives is not None else None
+        item_log_q, negative_log_q = inputs.get(ITEM_LOG_Q), inputs.get(NEGATIVE_LOG_Q)
+        if self.item_log_q is not None and item_log_q is None:
+            item_log_q = self.log_q_of(inputs["item_id"])
+            negative_log_q = self.log_q_of(negative_ids) if negatives is not None else None
         return self.retrieval_loss(
             query,
             positives,
             inputs["item_id"],
             negatives,
             negative_ids,
-            item_log_q=inputs.get(ITEM_LOG_Q),
+            item_log_q=item_log_q,
             alphas=alphas,
-            negative_log_q=inputs.get(NEGATIVE_LOG_Q) if negatives is not None else None,
+            negative_log_q=negative_log_q if negatives is not None else None,
         )
+
+    def log_q_of(self, item_ids: tf.Tensor) -> tf.Tensor:
+        """log q [n] of item-id rows [n] from the row table (hashed or pre-mapped ids)."""
+        return tf.reshape(unique_lookup(self.item_log_q, item_ids), [-1])
+
+    def set_item_log_q(self, values) -> None:
+        """Fills the row table with `model.data.row_log_q`'s [rows] array (after building the
+        model and after restoring a checkpoint: each run's own frequencies count)."""
+        if self.item_log_q is None:
+            raise ValueError("this model takes log q from its input (item_ids='vocab') or has no log-Q correction")
+        rows = self.table_sizes["item_id"]
+        if len(values) != rows:
+            raise ValueError(f"item log q has {len(values)} rows, the item-id table {rows}")
+        self.item_log_q.embeddings.assign(tf.reshape(tf.constant(values, tf.float32), [rows, 1]))
 
     def train_step(self, inputs):
         with tf.GradientTape() as tape:
@@ -251,6 +277,8 @@ def build_model(config: MGDSPRConfig, table_sizes: dict[str, int]) -> MGDSPR:
     dummy = model.dummy_inputs()
     model.user_tower(dummy, training=False)
     model.item_tower(dummy, training=False)
+    if model.item_log_q is not None:
+        model.item_log_q(dummy["item_id"])
     return model
 
 

@@ -47,14 +47,22 @@ def check_model_dir(model_dir: str, config_json: str, fresh: bool) -> dict | Non
     return None
 
 
-def build(config, table_sizes):
+def build(config, table_sizes, data_dir: str | None = None):
     """(model, optimizer); every variable is created now, so that a backup can be restored
-    into them and, under a PS strategy, they are placed (and sharded) on the ps."""
+    into them and, under a PS strategy, they are placed (and sharded) on the ps. With
+    hashed or pre-mapped item ids, `data_dir` (a processed dir) fills the model's log-q
+    table from its item frequencies (model.data.row_log_q); training needs it."""
     from model.config import make_optimizer
     from model.mgdspr import build_model
 
     model = build_model(config, table_sizes)
     model(model.dummy_inputs(), training=False)  # marks the Keras model built (BackupAndRestore checks)
+    if data_dir is not None and model.item_log_q is not None:
+        from features.io import join
+        from model.data import ITEM_FREQ_FILE, row_log_q, vocab_dir
+        from model.lookup import Lookup
+
+        model.set_item_log_q(row_log_q(join(vocab_dir(data_dir), ITEM_FREQ_FILE), Lookup(vocab_dir(data_dir), config)))
     return model, make_optimizer(config)
 
 

@@ -392,7 +392,7 @@ def run(args, config, mode: str, strategy=None, hvd=None, num_workers: int = 0) 
               f"{collisions['items']:,} items share a row ({100 * collisions['collision_rate']:.2f}%, "
               f"{100 * collisions['expected_collision_rate']:.2f}% expected)", flush=True)
     with strategy.scope() if strategy else nullcontext():
-        model, optimizer = build(config, table_sizes)
+        model, optimizer = build(config, table_sizes, args.data)
         optimizer = summed_clipping(optimizer)
         if hvd:
             optimizer = allreduce_optimizer(optimizer, hvd)

@@ -132,3 +132,76 @@ def test_item_id_options_are_checked_with_the_field_named():
         MGDSPRConfig(item_ids="hash", catalog_size=10)
     with pytest.raises(ValueError, match="catalog_size"):
         MGDSPRConfig(item_ids="integer", item_id_buckets=10)
+
+
+def _item_freq(d, counts: dict) -> str:
+    from model.data import ITEM_FREQ_FILE
+
+    path = f"{d}/{ITEM_FREQ_FILE}"
+    write_lines(path, [f"{k}\t{v}" for k, v in counts.items()])
+    return path
+
+
+def test_pre_mapped_ids_take_log_q_from_a_row_array_equal_to_the_exact_table(tmp_path, vocab_dir):
+    """At 10^8 items the string table of item frequencies cannot sit on every worker: with
+    pre-mapped ids each row carries its item's log q, the same value the exact table gives."""
+    from model.config import MGDSPRConfig
+    from model.data import LogQ, row_log_q
+
+    path = _item_freq(tmp_path, {"0": 6, "3": 3, "7": 1})
+    lookup = Lookup(vocab_dir, MGDSPRConfig(item_ids="integer", item_id_buckets=10, catalog_size=10))
+    rows = row_log_q(path, lookup, chunk=2)  # chunks smaller than the file: the sums carry over
+    exact = LogQ(path)(tf.constant(["0", "3", "7", "5"])).numpy()
+    assert rows.shape == (11,) and rows.dtype == np.float32
+    np.testing.assert_allclose(rows[[1, 4, 8, 6]], exact, rtol=1e-6)  # row = id + 1; "5" was never a positive
+    np.testing.assert_allclose(rows[0], np.log(1 / 10), rtol=1e-6)  # the mask row: one count, like an unseen item
+    with pytest.raises(tf.errors.InvalidArgumentError, match="item_id_buckets"):
+        row_log_q(_item_freq(tmp_path, {"12": 1}), lookup)  # outside the id space: named, not wrapped
+    with pytest.raises(ValueError, match="exact ids use LogQ"):
+        row_log_q(path, Lookup(vocab_dir))
+
+
+def test_hashed_ids_sum_the_counts_of_the_items_sharing_a_row(tmp_path, vocab_dir):
+    from model.config import MGDSPRConfig
+    from model.data import row_log_q
+
+    items = {f"item_id_{i}": i + 1 for i in range(6)}
+    path = _item_freq(tmp_path, items)
+    rows = row_log_q(path, Lookup(vocab_dir, MGDSPRConfig(item_ids="hash", item_id_buckets=3, catalog_size=6)))
+    hashed = tf.strings.to_hash_bucket_fast(list(items), 3).numpy() + 1
+    expected = np.ones(4)  # rows no item hashed to keep one count
+    for row in set(hashed.tolist()):
+        expected[row] = sum(c for c, h in zip(items.values(), hashed) if h == row)
+    np.testing.assert_allclose(rows, np.log(expected / 21), rtol=1e-6)
+
+
+def test_the_model_looks_log_q_up_by_row_and_gets_the_exact_tables_loss(tmp_path, vocab_dir):
+    """The loss of a model with pre-mapped ids, its log q from its own row table, equals the
+    loss with the exact table's log q fed in (as the input pipeline does for exact ids)."""
+    from model.config import MGDSPRConfig
+    from model.data import LogQ, row_log_q
+    from model.mgdspr import ITEM_LOG_Q, build_model
+    from model.loss import NEGATIVE_LOG_Q
+
+    path = _item_freq(tmp_path, {"0": 6, "3": 3, "7": 1, "8": 2})
+    config = MGDSPRConfig(item_ids="integer", item_id_buckets=10, catalog_size=10, embedding_dim=8, num_heads=2,
+                          transformer_ff_dim=8, batch_size=4, num_random_negatives=3, hard_negatives=2)
+    lookup = Lookup(vocab_dir, config)
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(config, lookup.table_sizes)
+    assert model.item_log_q is not None and not model.item_log_q.trainable_weights
+    model.set_item_log_q(row_log_q(path, lookup))
+    inputs = model.dummy_inputs(batch=4, negatives=3)
+    positives, negatives = ["0", "3", "7", "8"], ["5", "0", "9"]
+    inputs["item_id"] = lookup.ids("item_id", tf.constant(positives))
+    inputs["neg_item_id"] = lookup.ids("item_id", tf.constant(negatives))
+    alphas = tf.fill([4, 2], 0.5)  # I_mix's mixing weights, fixed (random by default)
+    by_row = model.compute_loss(inputs, alphas=alphas).numpy()
+    exact = LogQ(path)
+    fed = dict(inputs, **{ITEM_LOG_Q: exact(tf.constant(positives)), NEGATIVE_LOG_Q: exact(tf.constant(negatives))})
+    np.testing.assert_allclose(by_row, model.compute_loss(fed, alphas=alphas).numpy(), rtol=1e-6)
+    # Without the correction the loss differs: the row table is what changed it.
+    plain = dict(inputs, **{ITEM_LOG_Q: tf.zeros([4]), NEGATIVE_LOG_Q: tf.zeros([3])})
+    assert abs(model.compute_loss(plain, alphas=alphas).numpy() - by_row) > 1e-3
+    with pytest.raises(ValueError, match="rows"):
+        model.set_item_log_q(np.zeros(5, np.float32))

@@ -150,6 +150,34 @@ def test_local_ps_cluster_shards_embeddings(ps_run):
     assert all("/job:ps/" in d for devices in placement.values() for d in devices)
 
 
+def test_hashed_item_ids_keep_log_q_on_the_parameter_servers(tiny_world, tmp_path):
+    """With hashed item ids no worker holds a string table of item frequencies: the input
+    pipeline sends none, the model's row table of log q is sharded over both ps, and it
+    holds row_log_q's values after training (non-trainable)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from model.config import load_config
+    from model.data import ITEM_FREQ_FILE, LOG_Q, make_dataset, row_log_q
+    from model.lookup import Lookup
+
+    hashed = ["item_ids=hash", "item_id_buckets=4096", "catalog_size=1000"]
+    config = load_config(None, SMALL + hashed)
+    batch = next(iter(make_dataset(tiny_world[1], config)))
+    assert LOG_Q not in batch and "neg_" + LOG_Q not in batch
+    ebr(*train_args(tiny_world[1], tmp_path, "local-ps", 10, "--checkpoint-steps", 10, "--min-shard-bytes", 256),
+        *hashed)
+    devices = [d for name, d in read_json(tmp_path / "placement.json").items() if "item_log_q" in name]
+    assert len(devices) == 1 and {d.split("/device")[0] for d in devices[0]} == {
+        "/job:ps/replica:0/task:0", "/job:ps/replica:0/task:1"}
+    reader = tf.train.load_checkpoint(read_json(tmp_path / "train_info.json")["checkpoint"])
+    keys = [k for k in reader.get_variable_to_shape_map() if "item_log_q" in k and "OPTIMIZER" not in k]
+    assert len(keys) == 1
+    vocab = f"{tiny_world[1]}/vocab"
+    expected = row_log_q(f"{vocab}/{ITEM_FREQ_FILE}", Lookup(vocab, config))
+    np.testing.assert_allclose(reader.get_tensor(keys[0])[:, 0], expected, rtol=1e-6)
+
+
 def test_eval_on_a_model_trained_on_parameter_servers(ps_run, tiny_world, tmp_path):
     """The sharded checkpoint restores into one process; the metrics are sane and written."""
     ebr("eval", "--data", tiny_world[1], "--model-dir", ps_run, "--out", tmp_path, "--k", "10,50,200")
