@@ -171,7 +171,7 @@ class MGDSPR(tfrs.Model):
         self.retrieval_loss = RetrievalLoss(config, max(self.catalog_size, 1))
         # Hashed or pre-mapped item ids: log q by row, a non-trainable [rows, 1] table that a
         # parameter-server strategy shards like the embeddings (row_log_q fills it).
-        self.item_log_q = None
+        self.item_log_q, self.item_log_q_filled = None, False
         if config.item_ids != "vocab" and config.log_q_correction:
             self.item_log_q = tf.keras.layers.Embedding(
                 table_sizes["item_id"], 1, embeddings_initializer="zeros", trainable=False, name="item_log_q"
@@ -230,16 +230,21 @@ class MGDSPR(tfrs.Model):
         return tf.reshape(unique_lookup(self.item_log_q, item_ids), [-1])
 
     def set_item_log_q(self, values) -> None:
-        """Fills the row table with `model.data.row_log_q`'s [rows] array (after building the
-        model and after restoring a checkpoint: each run's own frequencies count)."""
+        """Fills the row table with `model.data.row_log_q`'s [rows] array, once the model is
+        built (`model.rundir.build(..., data_dir)` does); training refuses to start without."""
         if self.item_log_q is None:
             raise ValueError("this model takes log q from its input (item_ids='vocab') or has no log-Q correction")
         rows = self.table_sizes["item_id"]
         if len(values) != rows:
             raise ValueError(f"item log q has {len(values)} rows, the item-id table {rows}")
         self.item_log_q.embeddings.assign(tf.reshape(tf.constant(values, tf.float32), [rows, 1]))
+        self.item_log_q_filled = True
 
     def train_step(self, inputs):
+        if self.item_log_q is not None and not self.item_log_q_filled:
+            # All zeros, the correction would silently vanish.
+            raise ValueError("the item log-q table is empty: fill it with set_item_log_q(row_log_q(...)) before "
+                             "training (model.rundir.build(config, table_sizes, data_dir) does)")
         with tf.GradientTape() as tape:
             loss = self.compute_loss(inputs, training=True)
             if self.losses:  # regularisers, none by default

@@ -190,8 +190,10 @@ def test_the_model_looks_log_q_up_by_row_and_gets_the_exact_tables_loss(tmp_path
     tf.keras.utils.set_random_seed(0)
     model = build_model(config, lookup.table_sizes)
     assert model.item_log_q is not None and not model.item_log_q.trainable_weights
-    model.set_item_log_q(row_log_q(path, lookup))
     inputs = model.dummy_inputs(batch=4, negatives=3)
+    with pytest.raises(ValueError, match="log-q table is empty"):
+        model.train_step(inputs)  # an empty table would switch the correction off unseen
+    model.set_item_log_q(row_log_q(path, lookup))
     positives, negatives = ["0", "3", "7", "8"], ["5", "0", "9"]
     inputs["item_id"] = lookup.ids("item_id", tf.constant(positives))
     inputs["neg_item_id"] = lookup.ids("item_id", tf.constant(negatives))
