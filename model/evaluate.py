@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import time
+import weakref
 
 DEFAULT_KS = (50, 200, 1000)
 log = logging.getLogger("ebr.eval")
@@ -183,6 +184,32 @@ def embed_items(model, data_dir: str, batch_size: int = 1024):
     return emb, fields
 
 
+_TOWERS = weakref.WeakKeyDictionary()
+
+
+def _user_tower_fn(model, vocab: str, batch_size: int):
+    """A compiled `strings -> lookup -> user tower` for batches of `batch_size`, kept per
+    model and vocabulary, so that repeated evaluations during training trace it once (run
+    eagerly, the tower's ops cost more to dispatch than to compute)."""
+    import tensorflow as tf
+
+    from features.spec import USER_FEATURES
+    from model.lookup import Lookup
+
+    key = (vocab, batch_size)
+    cached = _TOWERS.setdefault(model, {})
+    if key not in cached:
+        lookup = Lookup(vocab, getattr(model, "config", None))
+        spec = {f.name: tf.TensorSpec([batch_size, *f.shape], tf.as_dtype(f.dtype)) for f in USER_FEATURES}
+
+        @tf.function(input_signature=[spec])
+        def tower(user):
+            return model.user_tower(lookup(user), training=False)
+
+        cached[key] = (lookup, tower)
+    return cached[key][1]
+
+
 def embed_searches(model, data_dir: str, batch_size: int = 256, select=None, info: list | None = None):
     """User tower over the test window, one row per search: (embeddings [S, d], queries [S],
     positives: list of S sets of item ids). Examples are grouped by search_id.
@@ -197,12 +224,12 @@ def embed_searches(model, data_dir: str, batch_size: int = 256, select=None, inf
     from model.data import split_files, vocab_dir
     from model.lookup import Lookup
 
-    lookup = Lookup(vocab_dir(data_dir), getattr(model, "config", None))
+    tower = _user_tower_fn(model, vocab_dir(data_dir), batch_size)
     names = USER_FEATURE_NAMES + ("search_id", "query", "item_id", "user_id", "ts")
     ds = tf.data.TFRecordDataset(split_files(data_dir, "test"), compression_type="GZIP")
     ds = ds.batch(batch_size).map(lambda s: parse_examples(s, names)).prefetch(2)
     index: dict[str, int] = {}
-    embs, queries, positives = [], [], []
+    chosen, queries, positives = {k: [] for k in USER_FEATURE_NAMES}, [], []
     for raw in ds:
         sids = [s.decode("utf-8") for s in raw["search_id"].numpy()]
         items = [s.decode("utf-8") for s in raw["item_id"].numpy()]
@@ -213,8 +240,8 @@ def embed_searches(model, data_dir: str, batch_size: int = 256, select=None, inf
                 seen.add(s)
                 new.append(i)
         if new:
-            user = {k: tf.gather(v, new) for k, v in lookup({k: raw[k] for k in USER_FEATURE_NAMES}).items()}
-            embs.append(model.user_tower(user, training=False).numpy())
+            for k in USER_FEATURE_NAMES:
+                chosen[k].append(raw[k].numpy()[new])
             if info is not None:
                 words = raw["query_words"].numpy()
                 long_term = (raw["lt_item_id"].numpy() != b"").sum(axis=1)
@@ -230,8 +257,15 @@ def embed_searches(model, data_dir: str, batch_size: int = 256, select=None, inf
         for s, it in zip(sids, items):
             if s in index:
                 positives[index[s]].add(it)
-    if not embs:
+    if not queries:
         raise ValueError(f"no test examples in {data_dir}/test")
+    chosen = {k: np.concatenate(v) for k, v in chosen.items()}
+    embs = []
+    for start in range(0, len(queries), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(queries)))
+        # The last batch is padded (repeating a row): one traced graph serves every call.
+        padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[0])])
+        embs.append(tower({k: v[padded] for k, v in chosen.items()}).numpy()[: len(rows)])
     return np.concatenate(embs).astype(np.float32), queries, positives
 
 

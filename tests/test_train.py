@@ -373,3 +373,31 @@ def test_clipping_sums_the_rows_of_an_id_first():
     assert type(optimizer).__name__ == "SGD"
     optimizer.apply_gradients([(rows, table)])
     np.testing.assert_allclose(table.numpy(), [[0, 0], [-1.5, 0], [0, 0]], rtol=1e-6)  # |3 - 1| = 2 -> 1.5
+
+
+def test_a_run_to_a_plateau_records_its_curve_and_reports_on_unseen_searches(tiny_world, tmp_path):
+    """`benchmarks.convergence` (each run of `make reproduce`): a validation point every
+    --eval-every steps (the compiled user tower serves every one), the best weights kept,
+    and the report made on the searches validation never saw."""
+    args = ["--data", tiny_world[1], "--out", tmp_path, "--max-steps", 30, "--eval-every", 10, "--patience", 5,
+            "--k", "10,50", "--set", *SMALL]
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.convergence", *map(str, args)],
+        capture_output=True, text=True, timeout=600, env=_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = read_json(tmp_path / "run.json")
+    assert [c["step"] for c in run["curve"]] == [10, 20, 30] and not run["plateau"]
+    assert all(0 <= c["val_recall"] <= 1 for c in run["curve"])
+    assert run["best_step"] == max(run["curve"], key=lambda c: c["val_recall"])["step"]
+    import tensorflow as tf
+
+    from benchmarks.convergence import is_validation
+    from features.spec import parse_examples
+    from model.data import split_files
+
+    ds = tf.data.TFRecordDataset(split_files(tiny_world[1], "test"), compression_type="GZIP")
+    ids = {s.decode() for b in ds.batch(512) for s in parse_examples(b, ("search_id",))["search_id"].numpy()}
+    report = [s for s in ids if not is_validation(s)]
+    assert 0 < len(report) < len(ids) and run["report_searches"] == len(report)
+    assert run["metrics"]["k"] == [10, 50]
+    assert 0 <= run["metrics"]["recall"]["10"] <= run["metrics"]["recall"]["50"] <= 1
