@@ -9,7 +9,8 @@ ceiling, filter pass share@K, overall and per slice) on the test day's report se
 Every run is `python -m benchmarks.convergence` in its own process (see there for the
 validation/report split and the plateau rule); its run.json stays under
 RUNS/<variant>-seed<s>/ (default runs/reproduce/) and is reused on a rerun unless
-`--fresh`, so an interrupted comparison resumes where it stopped. Runs go seed by seed
+`--fresh` or its config is no longer the variant's, so an interrupted comparison resumes
+where it stopped. Runs go seed by seed
 (every variant's seed 0 first), so a partial comparison still covers every variant.
 
 Writes OUT/reproduce.md (the tables, mean and spread over seeds, per slice, the paper's
@@ -94,6 +95,21 @@ def run_logged(cmd: list[str], log_path: str) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); log {log_path}:\n{tail}")
 
 
+def stale_settings(result: str, config: str, settings: list[str]) -> str:
+    """'' when the run at `result` (a run.json) is missing or was trained with the config
+    `config` + `settings` give today; else the fields that differ, "key: then -> now", so a
+    changed default never passes an old run off as the new model's."""
+    from model.config import load_config
+
+    if not os.path.exists(result):
+        return ""
+    with open(result, encoding="utf-8") as f:
+        then = json.load(f).get("config", {})
+    now = json.loads(load_config(config, settings).to_json())
+    keys = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
+    return ", ".join(f"{k}: {then.get(k)} -> {now.get(k)}" for k in keys)
+
+
 def run_variant(name: str, seed: int, processed: str, args) -> dict:
     from model.config import ABLATIONS
 
@@ -103,7 +119,10 @@ def run_variant(name: str, seed: int, processed: str, args) -> dict:
     result = os.path.join(run_dir, "run.json")
     ablation = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in ABLATIONS[name].items()]
     settings = list(args.overrides) + [f"seed={seed}"] + ablation
-    if args.fresh or not os.path.exists(result):
+    stale = stale_settings(result, args.config, settings)
+    if stale:
+        print(f"{name} seed {seed}: its finished run had another config ({stale}); training it again", flush=True)
+    if args.fresh or stale or not os.path.exists(result):
         os.makedirs(run_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "benchmarks.convergence", "--data", processed, "--out", run_dir,
                "--config", args.config, "--eval-every", str(args.eval_every), "--patience", str(args.patience),

@@ -102,3 +102,19 @@ def test_reports_record_paths_relative_to_the_repository():
 
     assert relative(os.path.join(REPO, "data", "medium", "processed")) == os.path.join("data", "medium", "processed")
     assert relative("/elsewhere/data") == "/elsewhere/data"
+
+
+def test_a_finished_reproduce_run_with_another_config_is_not_reused(tmp_path):
+    """`make reproduce` reuses finished runs; a run trained before a default or an override
+    changed is trained again, not reported as the new model."""
+    import json
+
+    from benchmarks.reproduce import stale_settings
+    from model.config import load_config
+
+    result = tmp_path / "run.json"
+    assert stale_settings(str(result), "quick", ["seed=1"]) == ""  # nothing yet: train it
+    result.write_text(json.dumps({"config": json.loads(load_config("quick", ["seed=1"]).to_json())}))
+    assert stale_settings(str(result), "quick", ["seed=1"]) == ""
+    assert stale_settings(str(result), "quick", ["seed=1", "fusion_transformer_layers=2"]) == \
+        "fusion_transformer_layers: 1 -> 2"
