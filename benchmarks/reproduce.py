@@ -186,6 +186,39 @@ SLICE_TEXT = {
 }
 
 
+def paired_differences(run: dict, full: dict, key: str, k: str) -> dict | None:
+    """`run`'s metric minus MGDSPR's (`full`), seed by seed over the seeds both have:
+    mean and sample std of the differences. Same-seed runs share the data order, so the
+    pairs cancel part of the seed's noise."""
+    mine = {p["seed"]: p["metrics"][key].get(k) for p in run["per_seed"]}
+    theirs = {p["seed"]: p["metrics"][key].get(k) for p in full["per_seed"]}
+    diffs = [mine[s] - theirs[s] for s in sorted(set(mine) & set(theirs))
+             if mine[s] is not None and theirs[s] is not None]
+    return _stats(diffs)
+
+
+def paired_table(results: list[dict], full: dict, ks: list[str]) -> list[str]:
+    """Markdown lines: every variant minus MGDSPR, paired by seed, in points."""
+    cols = [("recall", ks[0]), ("recall", ks[-1]), ("p_good", ks[0]), ("p_good", ks[-1])]
+    lines = ["", "## Each variant minus MGDSPR, seed by seed", "",
+             "Points, mean ± sample standard deviation of the per-seed differences (the seeds both have). "
+             "A difference within about twice its spread over a few seeds is not established.", "",
+             "| variant | seeds | " + " | ".join(f"{'Recall' if key == 'recall' else 'P_good'}@{k}" for key, k in cols)
+             + " |", "|---|---:|" + "---:|" * len(cols)]
+    for r in results:
+        if r is full:
+            continue
+        cells = [paired_differences(r, full, key, k) for key, k in cols]
+        n = max((c["n"] for c in cells if c), default=0)
+        text = ["-" if c is None else f"{100 * c['mean']:+.2f}" + (f" ± {100 * c['std']:.2f}" if c["n"] > 1 else "")
+                for c in cells]
+        lines.append(f"| {r['variant']} | {n} | " + " | ".join(text) + " |")
+    spread = [full["metrics"][key].get(k) for key, k in cols]
+    lines.append("| *MGDSPR's own spread over seeds (std)* | " + str(len(full["per_seed"])) + " | "
+                 + " | ".join("-" if st is None or st["n"] < 2 else f"{100 * st['std']:.2f}" for st in spread) + " |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     ks = [str(k) for k in report["k"]]
     rows = {r["variant"]: r for r in report["results"]}
@@ -242,6 +275,8 @@ def markdown(report: dict) -> str:
             dp = f"{100 * (pg['mean'] / fpg['mean'] - 1):+.1f}%" if pg and fpg and fpg["mean"] else "-"
             here = f"{100 * dr:+.2f} points / {dp}"
         lines.append(f"| {r['variant']} | {r['paper']} | {here} |")
+    if full is not None:
+        lines += paired_table(report["results"], full, ks)
     for base in ("mlp", "mlp_plain"):
         if base not in rows or full is None:
             continue

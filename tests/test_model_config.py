@@ -118,3 +118,20 @@ def test_a_finished_reproduce_run_with_another_config_is_not_reused(tmp_path):
     assert stale_settings(str(result), "quick", ["seed=1"]) == ""
     assert stale_settings(str(result), "quick", ["seed=1", "fusion_transformer_layers=2"]) == \
         "fusion_transformer_layers: 1 -> 2"
+
+
+def test_the_comparison_pairs_each_variant_with_mgdspr_seed_by_seed():
+    from benchmarks.reproduce import paired_differences, paired_table
+
+    def runs(name, values):
+        per_seed = [{"seed": s, "metrics": {"recall": {"50": v}, "p_good": {"50": v}}} for s, v in values]
+        spread = {"50": {"mean": 0.65, "std": 0.05, "n": len(values)}}
+        return {"variant": name, "per_seed": per_seed, "metrics": {"recall": spread, "p_good": spread}}
+
+    full = runs("mgdspr", [(0, 0.60), (1, 0.70), (2, 0.65)])
+    other = runs("no_mgs", [(0, 0.62), (1, 0.71)])  # seed 2 has not run: only shared seeds pair
+    d = paired_differences(other, full, "recall", "50")
+    assert d["n"] == 2 and abs(d["mean"] - 0.015) < 1e-9 and abs(d["std"] - 0.00707) < 1e-4
+    # Paired, the 10-point swing between seeds cancels: the table shows +1.50 ± 0.71.
+    table = "\n".join(paired_table([full, other], full, ["50"]))
+    assert "| no_mgs | 2 | +1.50 ± 0.71 |" in table
