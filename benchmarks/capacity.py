@@ -147,6 +147,9 @@ def main(argv=None) -> int:
     memory = 2 * (table_bytes + dense) / args.ps  # + AdaGrad accumulator of the same size
     print(f"memory per ps: 2 x (({' + '.join(f'{k} {v:.3g}' for k, v in sorted(rows.items()))}) rows x {row} B "
           f"+ dense) / {args.ps} ps = {memory / GB:.1f} GB (weights + AdaGrad accumulators)")
+    log_q = 4 * args.items / args.ps
+    print(f"  + the log-q table with pre-mapped or hashed item ids: 4 B x {args.items:.3g} rows / {args.ps} ps "
+          f"= {log_q / 1e6:.0f} MB per ps")
     nic = args.nic_gbit / 8 * GB
     for label, per_step_bytes in (("with Keras' layers", keras), ("as built", built),
                                   ("as built, item ids distinct", built + tail)):
