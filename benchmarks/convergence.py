@@ -7,7 +7,8 @@ weights on the held-out searches. One process per run (`benchmarks.reproduce` st
 The test day's searches are split by a stable hash of `search_id`: a fifth is the
 validation set that decides when to stop and which weights to keep; the other four
 fifths are the report set, never seen before the final evaluation. Every `--eval-every`
-steps the run records the mean training loss and validation Recall@K; it stops after
+steps the run records the mean training loss, validation Recall@K and (with ground truth)
+validation P_good@50; it stops after
 `--patience` evaluations without a gain of `--min-delta`, or at `--max-steps`.
 
 Writes OUT/run.json: the curve, the best step, the report set's metrics (with the
@@ -45,16 +46,26 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def validation_recall(model, data_dir: str, k: int) -> float:
+RELEVANCE_K = 50  # the validation curve's P_good@K beside its recall
+
+
+def validation_metrics(model, data_dir: str, k: int, truth=None) -> tuple[float, float | None]:
+    """(Recall@k, P_good@RELEVANCE_K or None without ground truth) on the validation
+    searches. Relevance is tracked along the run but never decides it: a run stopped at
+    another step has another balance of the two."""
     import numpy as np
 
-    from model.evaluate import embed_items, embed_searches, top_k
+    from model.evaluate import embed_items, embed_searches, retrieval_metrics, top_k
 
     items, fields = embed_items(model, data_dir)
-    users, _, positives = embed_searches(model, data_dir, select=is_validation)
-    topk = top_k(users, items, k)
+    users, queries, positives = embed_searches(model, data_dir, select=is_validation)
+    topk = top_k(users, items, max(k, RELEVANCE_K))
     ids = fields["item_id"]
-    return float(np.mean([len(set(ids[row]) & pos) / len(pos) for row, pos in zip(topk, positives)]))
+    recall = float(np.mean([len(set(ids[row[:k]]) & pos) / len(pos) for row, pos in zip(topk, positives)]))
+    if truth is None:
+        return recall, None
+    p_good = retrieval_metrics(topk, fields, queries, positives, [RELEVANCE_K], truth)["p_good"][str(RELEVANCE_K)]
+    return recall, p_good
 
 
 def _plateau_callback():
@@ -65,9 +76,9 @@ def _plateau_callback():
         """After every epoch of `eval_every` steps: the curve point, the best weights so
         far, and a stop after `patience` epochs without a gain of `min_delta`."""
 
-        def __init__(self, args, started: float):
+        def __init__(self, args, started: float, truth=None):
             super().__init__()
-            self.args, self.started = args, started
+            self.args, self.started, self.truth = args, started, truth
             self.curve, self.best, self.best_weights, self.since_best = [], -1.0, None, 0
             self.train_seconds, self.epoch_started = 0.0, started
 
@@ -77,11 +88,13 @@ def _plateau_callback():
         def on_epoch_end(self, epoch, logs=None):
             self.train_seconds += time.time() - self.epoch_started
             step = (epoch + 1) * self.args.eval_every
-            recall = validation_recall(self.model, self.args.data, self.args.monitor_k)
+            recall, p_good = validation_metrics(self.model, self.args.data, self.args.monitor_k, self.truth)
             loss = float((logs or {}).get("loss", float("nan")))
-            self.curve.append({"step": step, "loss": loss, "val_recall": recall,
+            self.curve.append({"step": step, "loss": loss, "val_recall": recall, "val_p_good": p_good,
                                "seconds": round(time.time() - self.started, 1)})
-            print(f"step {step}: loss {loss:.4f}  validation Recall@{self.args.monitor_k} {recall:.4f}", flush=True)
+            relevance = "" if p_good is None else f"  P_good@{RELEVANCE_K} {p_good:.4f}"
+            print(f"step {step}: loss {loss:.4f}  validation Recall@{self.args.monitor_k} {recall:.4f}{relevance}",
+                  flush=True)
             if recall > self.best + self.args.min_delta:
                 self.best, self.best_weights, self.since_best = recall, self.model.get_weights(), 0
             else:
@@ -99,7 +112,7 @@ def main(argv=None) -> int:
 
     from model.config import load_config
     from model.data import make_dataset, vocab_dir
-    from model.evaluate import default_truth_dir, measure, parse_ks
+    from model.evaluate import Truth, default_truth_dir, measure, parse_ks
     from model.lookup import Lookup
     from model.rundir import build
 
@@ -112,7 +125,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     model, optimizer = build(config, Lookup(vocab_dir(args.data), config).table_sizes, args.data)
     model.compile(optimizer=optimizer)
-    plateau = Plateau(args, time.time())
+    truth_dir = default_truth_dir(args.data)
+    plateau = Plateau(args, time.time(), Truth(truth_dir) if truth_dir else None)
     epochs = -(-args.max_steps // args.eval_every)
     model.fit(make_dataset(args.data, config), steps_per_epoch=args.eval_every, epochs=epochs,
               callbacks=[plateau], verbose=0)
@@ -120,7 +134,7 @@ def main(argv=None) -> int:
     curve, step = plateau.curve, plateau.curve[-1]["step"]
     best_step = max(curve, key=lambda c: c["val_recall"])["step"]
 
-    metrics, _ = measure(model, args.data, ks, default_truth_dir(args.data), select=lambda s: not is_validation(s))
+    metrics, _ = measure(model, args.data, ks, truth_dir, select=lambda s: not is_validation(s))
     run = {
         "config": json.loads(config.to_json()),
         "curve": curve,

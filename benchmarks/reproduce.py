@@ -308,23 +308,28 @@ def markdown(report: dict) -> str:
 
 
 def plot_curves(results: list[dict], path: str) -> None:
-    """Training loss and validation recall against steps, mean over seeds per variant."""
+    """Training loss, validation recall and validation P_good@50 against steps, mean over
+    seeds per variant (P_good over the runs that recorded it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_loss, ax_val, ax_good) = plt.subplots(1, 3, figsize=(17, 4.5))
     for r in results:
         curves = [p["curve"] for p in r["per_seed"]]
         steps = sorted({c["step"] for curve in curves for c in curve})
-        for ax, key in ((ax_loss, "loss"), (ax_val, "val_recall")):
-            ys = [np.nanmean([c[key] for curve in curves for c in curve if c["step"] == st]) for st in steps]
-            ax.plot(steps, ys, marker=".", label=r["variant"])
+        for ax, key in ((ax_loss, "loss"), (ax_val, "val_recall"), (ax_good, "val_p_good")):
+            points = [(st, [c[key] for curve in curves for c in curve if c["step"] == st and c.get(key) is not None])
+                      for st in steps]
+            points = [(st, float(np.mean(v))) for st, v in points if v]
+            if points:
+                ax.plot(*zip(*points), marker=".", label=r["variant"])
     ax_loss.set_title("training loss (mean over seeds)")
     ax_val.set_title("validation Recall@200 (mean over seeds)")
-    for ax in (ax_loss, ax_val):
+    ax_good.set_title("validation P_good@50 (mean over seeds that recorded it)")
+    for ax in (ax_loss, ax_val, ax_good):
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)

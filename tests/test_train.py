@@ -376,8 +376,9 @@ def test_clipping_sums_the_rows_of_an_id_first():
 
 
 def test_a_run_to_a_plateau_records_its_curve_and_reports_on_unseen_searches(tiny_world, tmp_path):
-    """`benchmarks.convergence` (each run of `make reproduce`): a validation point every
-    --eval-every steps (the compiled user tower serves every one), the best weights kept,
+    """`benchmarks.convergence` (each run of `make reproduce`): a validation point (recall
+    and P_good) every --eval-every steps (the compiled user tower serves every one), the
+    best weights kept,
     and the report made on the searches validation never saw."""
     args = ["--data", tiny_world[1], "--out", tmp_path, "--max-steps", 30, "--eval-every", 10, "--patience", 5,
             "--k", "10,50", "--set", *SMALL]
@@ -388,6 +389,7 @@ def test_a_run_to_a_plateau_records_its_curve_and_reports_on_unseen_searches(tin
     run = read_json(tmp_path / "run.json")
     assert [c["step"] for c in run["curve"]] == [10, 20, 30] and not run["plateau"]
     assert all(0 <= c["val_recall"] <= 1 for c in run["curve"])
+    assert all(0 <= c["val_p_good"] <= 1 for c in run["curve"])  # relevance tracked, not deciding
     assert run["best_step"] == max(run["curve"], key=lambda c: c["val_recall"])["step"]
     import tensorflow as tf
 
