@@ -201,10 +201,11 @@ def _user_tower_fn(model, vocab: str, batch_size: int):
     if key not in cached:
         lookup = Lookup(vocab, getattr(model, "config", None))
         spec = {f.name: tf.TensorSpec([batch_size, *f.shape], tf.as_dtype(f.dtype)) for f in USER_FEATURES}
+        owner = weakref.ref(model)  # a strong reference here would keep the cache entry forever
 
         @tf.function(input_signature=[spec])
         def tower(user):
-            return model.user_tower(lookup(user), training=False)
+            return owner().user_tower(lookup(user), training=False)
 
         cached[key] = (lookup, tower)
     return cached[key][1]

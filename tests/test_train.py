@@ -403,3 +403,25 @@ def test_a_run_to_a_plateau_records_its_curve_and_reports_on_unseen_searches(tin
     assert 0 < len(report) < len(ids) and run["report_searches"] == len(report)
     assert run["metrics"]["k"] == [10, 50]
     assert 0 <= run["metrics"]["recall"]["10"] <= run["metrics"]["recall"]["50"] <= 1
+
+
+def test_the_compiled_user_tower_of_evaluation_lives_and_dies_with_its_model(tiny_world):
+    """Evaluations during a run reuse one traced tower; a model that is gone (the sidecar
+    moves on to the next checkpoint) takes its cache entry with it."""
+    import gc
+
+    from model import evaluate
+    from model.config import load_config
+    from model.data import vocab_dir
+    from model.lookup import Lookup
+    from model.rundir import build
+
+    config = load_config(None, SMALL)
+    model, _ = build(config, Lookup(vocab_dir(tiny_world[1]), config).table_sizes)
+    first = evaluate.embed_searches(model, tiny_world[1])[0]
+    again = evaluate.embed_searches(model, tiny_world[1])[0]
+    (entry,) = evaluate._TOWERS[model].values()
+    assert entry[1].experimental_get_tracing_count() == 1 and (first == again).all()
+    del model, entry
+    gc.collect()
+    assert len(evaluate._TOWERS) == 0
