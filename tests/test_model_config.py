@@ -135,3 +135,13 @@ def test_the_comparison_pairs_each_variant_with_mgdspr_seed_by_seed():
     # Paired, the 10-point swing between seeds cancels: the table shows +1.50 ± 0.71.
     table = "\n".join(paired_table([full, other], full, ["50"]))
     assert "| no_mgs | 2 | +1.50 ± 0.71 |" in table
+
+
+def test_the_training_table_shows_relevance_at_the_kept_step_and_at_its_peak():
+    from benchmarks.reproduce import relevance_along
+
+    curve = [{"step": 250, "val_p_good": 0.60}, {"step": 500, "val_p_good": 0.70}, {"step": 750, "val_p_good": 0.64}]
+    result = {"per_seed": [{"best_step": 750, "curve": curve}, {"best_step": 500, "curve": curve},
+                           {"best_step": 500, "curve": [{"step": 500}]}]}  # a run made before it was recorded
+    assert relevance_along(result) == ("67.00", "70.00 (500/500)")
+    assert relevance_along({"per_seed": [{"best_step": 500, "curve": [{"step": 500}]}]}) == ("-", "-")
