@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--embedding-dim", type=int, default=128)
     p.add_argument("--train-steps", type=int, default=3, help="training steps per timing round")
     p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (the median is reported)")
+    p.add_argument("--xla", action="store_true",
+                   help="also time the as-built training step compiled with XLA (jit_compile=True)")
     p.add_argument("--skip-keras", action="store_true",
                    help="do not time the reference with the Keras layers model.fast replaced")
     p.add_argument("--json", help="also write the figures to this JSON file")
@@ -210,9 +212,17 @@ def main(argv=None) -> int:
         keras_step = tf.function(keras_model.train_step).get_concrete_function(train_batch)
         measures["train_keras"] = (lambda: keras_step(train_batch)["loss"].numpy(), args.train_steps)
         flops["train_keras"] = flops["train_unrolled"]
+    if args.xla:
+        xla_model = build(tf, config.replace(lstm_unroll=False), sizes)
+        xla_step = tf.function(xla_model.train_step, jit_compile=True)
+        started = time.perf_counter()
+        xla_step(train_batch)["loss"].numpy()
+        print(f"XLA compiled the training step in {time.perf_counter() - started:.0f} s")
+        measures["train_xla"] = (lambda: xla_step(train_batch)["loss"].numpy(), args.train_steps)
+        flops["train_xla"] = flops["train_unrolled"]
     seconds = interleaved(measures, args.rounds)
     peak = 2 * n**3 / seconds.pop("matmul") / 1e9
-    examples = {"train_unrolled": b, "train_built": b, "train_keras": b, f"user_{b}": b, "user_1": 1}
+    examples = {"train_unrolled": b, "train_built": b, "train_keras": b, "train_xla": b, f"user_{b}": b, "user_1": 1}
     figures = {}
     for name, sec in seconds.items():
         per_s = examples[name] / sec
@@ -232,6 +242,7 @@ def main(argv=None) -> int:
         "train_unrolled": "train step (unrolled LSTM)",
         "train_built": "train step (as built)",
         "train_keras": "train step (Keras layers)",
+        "train_xla": "train step (as built, XLA)",
         f"user_{b}": f"user tower, batch {b}",
         "user_1": "user tower, batch 1",
     }
@@ -248,7 +259,10 @@ def main(argv=None) -> int:
     if "train_keras" in figures:
         ratio = figures["train_built"]["examples_per_s"] / figures["train_keras"]["examples_per_s"]
         print(f"as built / with the Keras layers model.fast replaced, training throughput: {ratio:.2f}x")
-    for name in ("train_built", "train_keras"):
+    if "train_xla" in figures:
+        ratio = figures["train_xla"]["examples_per_s"] / figures["train_built"]["examples_per_s"]
+        print(f"as built with XLA / as built, training throughput: {ratio:.2f}x")
+    for name in ("train_built", "train_keras", "train_xla"):
         if name in figures:
             share = figures[name]["share_of_peak"]
             print(f"{labels[name]}: {100 * share:.0f}% of the matmul peak (goal >= 50%: "
