@@ -223,7 +223,6 @@ def embed_searches(model, data_dir: str, batch_size: int = 256, select=None, inf
 
     from features.spec import USER_FEATURE_NAMES, parse_examples
     from model.data import split_files, vocab_dir
-    from model.lookup import Lookup
 
     tower = _user_tower_fn(model, vocab_dir(data_dir), batch_size)
     names = USER_FEATURE_NAMES + ("search_id", "query", "item_id", "user_id", "ts")
