@@ -53,19 +53,13 @@ def validation_metrics(model, data_dir: str, k: int, truth=None) -> tuple[float,
     """(Recall@k, P_good@RELEVANCE_K or None without ground truth) on the validation
     searches. Relevance is tracked along the run but never decides it: a run stopped at
     another step has another balance of the two."""
-    import numpy as np
-
     from model.evaluate import embed_items, embed_searches, retrieval_metrics, top_k
 
     items, fields = embed_items(model, data_dir)
     users, queries, positives = embed_searches(model, data_dir, select=is_validation)
-    topk = top_k(users, items, max(k, RELEVANCE_K))
-    ids = fields["item_id"]
-    recall = float(np.mean([len(set(ids[row[:k]]) & pos) / len(pos) for row, pos in zip(topk, positives)]))
-    if truth is None:
-        return recall, None
-    p_good = retrieval_metrics(topk, fields, queries, positives, [RELEVANCE_K], truth)["p_good"][str(RELEVANCE_K)]
-    return recall, p_good
+    ks = sorted({k, RELEVANCE_K})
+    m = retrieval_metrics(top_k(users, items, max(ks)), fields, queries, positives, ks, truth)
+    return m["recall"][str(k)], m["p_good"][str(RELEVANCE_K)] if truth is not None else None
 
 
 def _plateau_callback():

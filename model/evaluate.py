@@ -207,8 +207,8 @@ def _user_tower_fn(model, vocab: str, batch_size: int):
         def tower(user):
             return owner().user_tower(lookup(user), training=False)
 
-        cached[key] = (lookup, tower)
-    return cached[key][1]
+        cached[key] = tower
+    return cached[key]
 
 
 def embed_searches(model, data_dir: str, batch_size: int = 256, select=None, info: list | None = None):

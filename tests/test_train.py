@@ -421,7 +421,7 @@ def test_the_compiled_user_tower_of_evaluation_lives_and_dies_with_its_model(tin
     first = evaluate.embed_searches(model, tiny_world[1])[0]
     again = evaluate.embed_searches(model, tiny_world[1])[0]
     (entry,) = evaluate._TOWERS[model].values()
-    assert entry[1].experimental_get_tracing_count() == 1 and (first == again).all()
+    assert entry.experimental_get_tracing_count() == 1 and (first == again).all()
     del model, entry
     gc.collect()
     assert len(evaluate._TOWERS) == 0
