@@ -154,6 +154,42 @@ def select_sequences(items: Sequence, ts: Sequence[int], sessions: Sequence[str]
     return Sequences(rt, st, lt)
 
 
+def select_sequence_indices(ts: Sequence[int], session_indices: Sequence[int], t: int) -> Sequences:
+    """`select_sequences` as indices into the behaviours, without walking them one by one:
+    `ts` in time order, `session_indices` the ascending indices of the search's session.
+    The same answer (a test compares them on random timelines) in a few bisections and
+    slices: rt is the session's newest MAX_REALTIME behaviours in the long-term range; the
+    others, newest first, fill st while they are short-term and then lt. A sequence of
+    consecutive indices comes back as a `range` (newest first), any other as a list."""
+    hi = bisect.bisect_left(ts, t)  # behaviours strictly before t
+    lo = bisect.bisect_left(ts, t - LONG_TERM_DAYS * DAY)
+    if hi <= lo:
+        return Sequences([], [], [])
+    a = bisect.bisect_left(session_indices, lo)
+    b = bisect.bisect_left(session_indices, hi)
+    rt_from = max(a, b - MAX_REALTIME)
+    rt = session_indices[rt_from:b][::-1]
+    short = bisect.bisect_left(ts, t - SHORT_TERM_DAYS * DAY)
+    # Short-term behaviours outside rt: those in [max(short, lo), hi) less rt's share of them.
+    rt_short = b - bisect.bisect_left(session_indices, short, rt_from, b)
+    n_st = min(MAX_SHORT_TERM, hi - short - rt_short)  # short >= lo
+    need = n_st + MAX_LONG_TERM
+    if not rt or rt[-1] >= hi - len(rt) and rt[0] == hi - 1:  # rt, if any, is the newest run
+        start = hi - len(rt) - 1
+        rest = range(start, max(lo, start - need + 1) - 1, -1)
+    else:
+        taken = set(rt)
+        rest = [i for i in range(hi - 1, max(lo, hi - need - len(rt)) - 1, -1) if i not in taken][:need]
+    return Sequences(_as_run(rt), rest[:n_st], rest[n_st:need])
+
+
+def _as_run(indices: list[int]):
+    """Newest-first indices as a range when they are consecutive."""
+    if indices and indices[0] - indices[-1] == len(indices) - 1:
+        return range(indices[0], indices[-1] - 1, -1)
+    return indices
+
+
 def sequence_features(seqs: Sequences, columns: Sequence[int] = BEHAVIOUR_COLUMNS) -> dict:
     """rt_/st_/lt_ item_id, leaf_cat, top_cat, brand, shop tuples (newest first, unpadded);
     `columns`: the position of each ITEM_FIELDS entry in the sequences' tuples."""

@@ -158,9 +158,10 @@ class Timeline:
         # A session label per event: its session_id when given, else its gap session.
         self.gap_sessions = fh.gap_sessions(self.ts)
         self.sessions = [fh.session_label(e.session_id, g) for e, g in zip(events, self.gap_sessions)]
-        self.first_index: dict[str, int] = {}
+        self.session_indices: dict[str, list[int]] = {}  # label -> its behaviours' indices, ascending
         for i, label in enumerate(self.sessions):
-            self.first_index.setdefault(label, i)
+            self.session_indices.setdefault(label, []).append(i)
+        self.first_index = {label: indices[0] for label, indices in self.session_indices.items()}
         # Every distinct (ts, query) with a query, in time order: the user's query log.
         self.query_log: list[tuple[int, str]] = []
         for e in events:
@@ -195,6 +196,10 @@ class Timeline:
         session_start = self.first_index.get(session, len(self.events))
         return fh.select_sequences(self.events, self.ts, self.sessions, t, session, session_start)
 
+    def sequence_indices_at(self, t: int, session: str) -> Sequences:
+        """`sequences_at` as indices into `events` (`features.history.select_sequence_indices`)."""
+        return fh.select_sequence_indices(self.ts, self.session_indices.get(session, ()), t)
+
     def his_queries(self, t: int, words_of) -> list[str]:
         """Distinct earlier queries (ts < t), newest first, each its first
         MAX_HIS_QUERY_WORDS words joined by ' '; queries without words are left out."""
@@ -224,12 +229,12 @@ class Timeline:
 
 
 # Column of each ITEM_FIELDS entry in a UserEvent tuple.
-_FIELD_COLUMNS = tuple(UserEvent._fields.index(f) for f in ITEM_FIELDS)
+ITEM_COLUMNS = tuple(UserEvent._fields.index(f) for f in ITEM_FIELDS)
 
 
 def sequence_features(seqs: Sequences) -> dict:
     """rt_/st_/lt_ item_id, leaf_cat, top_cat, brand, shop lists (newest first)."""
-    return fh.sequence_features(seqs, _FIELD_COLUMNS)
+    return fh.sequence_features(seqs, ITEM_COLUMNS)
 
 
 def user_searches(
@@ -273,7 +278,20 @@ def user_timeline(user_id: str, events: Iterable[UserEvent], counts: Counter,
     return Timeline(user_id, kept)
 
 
-def timeline_searches(
+class SearchParts(NamedTuple):
+    """A search inside the window with a positive, before its features are assembled:
+    `sequences` holds indices into the timeline's events (rt, st, lt, newest first),
+    `positives` (event, action) pairs in item_id order."""
+
+    split: str
+    search: Search
+    tokens: object  # features.tokenizer.Tokens of the query
+    his_queries: list
+    sequences: Sequences
+    positives: list
+
+
+def search_parts(
     timeline: Timeline,
     window: Window,
     tokenizer,
@@ -281,9 +299,9 @@ def timeline_searches(
     *,
     vocab_counts: dict[str, Counter] | None = None,
     item_freq: Counter | None = None,
-) -> Iterator[tuple[str, dict, list[dict]]]:
-    """`user_searches` over a Timeline already built (see there)."""
-    user_id = timeline.user_id
+) -> Iterator[SearchParts]:
+    """The searches `timeline_searches` turns into features, as SearchParts; tallies as
+    in `user_searches`. The job serialises these directly (`pipeline.encode.TimelineEncoder`)."""
     test_start = window.test_start
     for search in timeline.searches():
         counts["searches"] += 1
@@ -308,35 +326,53 @@ def timeline_searches(
             continue
         counts[f"searches_{split}"] += 1
         counts[f"examples_{split}"] += n
+        item_ids = sorted(search.positives)
+        if item_freq is not None and split == "train":
+            item_freq.update(item_ids)
+        yield SearchParts(
+            split,
+            search,
+            tokens,
+            timeline.his_queries(search.ts, tokenizer.words),
+            timeline.sequence_indices_at(search.ts, search.session),
+            [search.positives[item_id] for item_id in item_ids],
+        )
+
+
+def timeline_searches(timeline: Timeline, window: Window, tokenizer, counts: Counter,
+                      **tallies) -> Iterator[tuple[str, dict, list[dict]]]:
+    """`user_searches` over a Timeline already built (see there); `tallies`:
+    vocab_counts, item_freq."""
+    user_id = timeline.user_id
+    events = timeline.events
+    for p in search_parts(timeline, window, tokenizer, counts, **tallies):
+        search = p.search
+        seqs = Sequences(*([events[i] for i in idx] for idx in p.sequences))
         shared = {
-            "query_chars": tokens.chars,
-            "query_bigrams": tokens.bigrams,
-            "query_words": tokens.words,
-            "his_queries": timeline.his_queries(search.ts, tokenizer.words),
-            **sequence_features(timeline.sequences_at(search.ts, search.session)),
+            "query_chars": p.tokens.chars,
+            "query_bigrams": p.tokens.bigrams,
+            "query_words": p.tokens.words,
+            "his_queries": p.his_queries,
+            **sequence_features(seqs),
             "search_id": f"{user_id}|{search.ts}|{search.query}",
             "user_id": user_id,
             "query": search.query,
             "ts": search.ts,
             "day": window.day_of(search.ts),
         }
-        positives = []
-        for item_id in sorted(search.positives):
-            e, action = search.positives[item_id]
-            positives.append(
-                {
-                    "item_id": e.item_id,
-                    "title_words": e.title_words,
-                    "leaf_cat": e.leaf_cat,
-                    "top_cat": e.top_cat,
-                    "brand": e.brand,
-                    "shop": e.shop,
-                    "action": action,
-                }
-            )
-            if item_freq is not None and split == "train":
-                item_freq[item_id] += 1
-        yield split, shared, positives
+        positives = [
+            {
+                "item_id": e.item_id,
+                "title_words": e.title_words,
+                "leaf_cat": e.leaf_cat,
+                "top_cat": e.top_cat,
+                "brand": e.brand,
+                "shop": e.shop,
+                "action": action,
+            }
+            for e, action in p.positives
+        ]
+        yield p.split, shared, positives
 
 
 def user_examples(user_id: str, events: Iterable[UserEvent], window: Window, tokenizer, counts: Counter,

@@ -44,8 +44,8 @@ from features.spec import MAX_TITLE_WORDS, POSITIVE_ACTIONS
 from features.tokenizer import Tokenizer
 from features.vocab import VOCABS, vocab_path
 from pipeline import contract
-from pipeline.encode import ExampleEncoder
-from pipeline.timeline import DEFAULT_MAX_USER_EVENTS, UserEvent, Window, timeline_searches, user_timeline
+from pipeline.encode import ExampleEncoder, TimelineEncoder
+from pipeline.timeline import DEFAULT_MAX_USER_EVENTS, UserEvent, Window, search_parts, user_timeline
 from pipeline.user_store import user_history_line
 
 ITEM_FREQ_FILE = "item_freq.tsv"
@@ -417,7 +417,7 @@ class _BuildExamplesFn(_TallyingDoFn):
     def setup(self):
         self.tokenizer = None
         self.window = None
-        self.encoder = ExampleEncoder()
+        self.encoder = TimelineEncoder()
 
     def process(self, element, window, user_words):
         user_id, events = element
@@ -429,20 +429,13 @@ class _BuildExamplesFn(_TallyingDoFn):
         t = self.tallies
         vocab_counts = {name: t[VOCAB_KEY + name] for name in ("word", "char", "bigram")}
         timeline = user_timeline(user_id, (UserEvent._make(e) for e in events), t[STATS_KEY], self.max_user_events)
-        for split, shared, positives in timeline_searches(
-            timeline,
-            self.window,
-            self.tokenizer,
-            t[STATS_KEY],
-            vocab_counts=vocab_counts,
-            item_freq=t[ITEM_FREQ_KEY],
-        ):
-            # The examples of one search share all but the item features (about 95% of
-            # the bytes). Serialized protobuf messages concatenate into their merge, so
-            # the shared part is serialized once per search, not once per positive.
-            head = self.encoder.encode(shared)
-            for positive in positives:
-                yield TaggedOutput(split, head + self.encoder.encode(positive))
+        parts = search_parts(timeline, self.window, self.tokenizer, t[STATS_KEY],
+                             vocab_counts=vocab_counts, item_freq=t[ITEM_FREQ_KEY])
+        # The examples of one search share all but the item features (about 95% of the
+        # bytes); serialised protobuf messages concatenate into their merge, so the shared
+        # part is serialised once per search (see TimelineEncoder).
+        for split, example in self.encoder.examples(timeline, self.window, parts):
+            yield TaggedOutput(split, example)
         # The user's events are grouped here already: the feature store's record comes
         # from the same timeline, so nothing is grouped by user twice.
         yield TaggedOutput("users", user_history_line(user_id, timeline.history(self.tokenizer.words)))

@@ -481,6 +481,76 @@ def test_example_encoder_writes_the_message_to_example_writes():
         encoder.encode({"query_char": ["a"]})
 
 
+def random_timeline(rng, n: int, span: int) -> list[UserEvent]:
+    """n events over `span` seconds before T: bursts in one second, session ids that
+    interleave, gap sessions, searches with several positives."""
+    events = []
+    for _ in range(n):
+        ts = T - rng.randrange(span)
+        if rng.random() < 0.3:
+            ts -= ts % rng.choice([60, 3600])
+        session = rng.choice(["", "", "a", "b", f"s{rng.randrange(40)}"])
+        query = rng.choice(["", "跑步鞋", "耐克 篮球鞋", "连衣裙", "！！", f"q{rng.randrange(30)}"])
+        item = f"i{rng.randrange(200)}"
+        action = rng.choice(["click", "click", "purchase", "cart", "collect"])
+        events.append(ev(ts, item, action, query, session))
+    return sorted(events, key=sort_key)
+
+
+def test_sequence_indices_select_what_the_walk_selects():
+    """The bisecting selection the job uses gives `select_sequences`' answer (the walk
+    serving runs over a bounded history), full, spilled and interleaved sessions included."""
+    import random
+
+    rng = random.Random(3)
+    shapes = set()
+    for _ in range(400):
+        events = random_timeline(rng, rng.choice([0, 1, 8, 60, 300, 700]), rng.choice([3600, DAY, 12 * DAY, 60 * DAY]))
+        tl = Timeline("u", events)
+        for t in rng.sample([e.ts for e in events] + [T + 1, T - 40 * DAY], min(5, len(events) + 2)):
+            session = rng.choice(tl.sessions + ["id:none"]) if events else "id:none"
+            want = tl.sequences_at(t, session)
+            got = tl.sequence_indices_at(t, session)
+            assert [[tl.events[i] for i in seq] for seq in got] == list(map(list, want))
+            shapes.add(tuple(len(seq) == full for seq, full in zip(want, (MAX_REALTIME, MAX_SHORT_TERM, MAX_LONG_TERM))))
+            shapes.add(tuple(type(seq).__name__ for seq in got))
+    # Every sequence was seen full, and both the one-slice and the listed form came back.
+    assert {s for s in shapes if isinstance(s[0], bool) and any(s)} and ("range", "range", "range") in shapes
+    assert any("list" in s for s in shapes if isinstance(s[0], str))
+    for k in range(3):
+        assert any(s[k] is True for s in shapes if isinstance(s[0], bool))
+
+
+def test_timeline_encoder_writes_the_bytes_of_the_feature_dicts(tok):
+    """The job's example bytes (TimelineEncoder) equal ExampleEncoder's over the feature
+    dicts of `timeline_searches`, example for example, with caches cleared on the way."""
+    import random
+
+    from pipeline.encode import ExampleEncoder, TimelineEncoder
+    from pipeline.timeline import search_parts, timeline_searches, user_timeline
+
+    rng = random.Random(5)
+    window = Window(date(2024, 3, 20), train_days=30)
+    fast = TimelineEncoder(ExampleEncoder(cache_strings=50), cache_entries=7)
+    slow = ExampleEncoder()
+    total = 0
+    for user in range(40):
+        events = random_timeline(rng, rng.choice([1, 20, 200, 600]), rng.choice([DAY, 20 * DAY, 60 * DAY]))
+        counts_a, counts_b = Counter(), Counter()
+        freq_a, freq_b = Counter(), Counter()
+        want = []
+        for split, shared, positives in timeline_searches(user_timeline(f"u{user}", events, counts_a), window, tok,
+                                                          counts_a, item_freq=freq_a):
+            head = slow.encode(shared)
+            want += [(split, head + slow.encode(p)) for p in positives]
+        tl = user_timeline(f"u{user}", events, counts_b)
+        got = list(fast.examples(tl, window, search_parts(tl, window, tok, counts_b, item_freq=freq_b)))
+        assert got == want
+        assert (counts_a, freq_a) == (counts_b, freq_b)
+        total += len(got)
+    assert total > 1000
+
+
 def test_tfrecord_framing_is_what_tensorflows_writer_writes(tmp_path):
     import random
 
