@@ -52,6 +52,16 @@ def _field(tag: bytes, payload: bytes) -> bytes:
 _T1, _T2, _T3 = b"\x0a", b"\x12", b"\x1a"  # tags of fields 1, 2, 3 (length-delimited)
 
 
+def _entry(key: bytes, feature: bytes) -> bytes:
+    """One map entry of Features: the encoded name field `key` and a serialised Feature."""
+    return _field(_T1, key + _field(_T2, feature))
+
+
+def _strings_entry(key: bytes, values: list) -> bytes:
+    """The map entry of a string feature from its encoded BytesList value fields."""
+    return _entry(key, _field(_T1, b"".join(values)))
+
+
 class ExampleEncoder:
     """Serialised tf.train.Example from a {feature name: value or sequence} mapping."""
 
@@ -76,14 +86,14 @@ class ExampleEncoder:
         seq = (value if isinstance(value, (list, tuple)) else list(value))[: f.length] if f.length else [value]
         if f.dtype == "string":
             get = self._strings.get
-            feature = _field(_T1, b"".join([get(v) or self._string(v) for v in seq]))
-        elif f.dtype == "int64":
+            return _strings_entry(self._keys[name], [get(v) or self._string(v) for v in seq])
+        if f.dtype == "int64":
             values = b"".join([_varint(int(v)) for v in seq])
             feature = _field(_T3, _field(_T1, values) if values else b"")
         else:
             values = struct.pack(f"<{len(seq)}f", *map(float, seq))
             feature = _field(_T2, _field(_T1, values) if values else b"")
-        return _field(_T1, self._keys[name] + _field(_T2, feature))
+        return _entry(self._keys[name], feature)
 
     def encode(self, values: Mapping[str, object]) -> bytes:
         """The serialised Example; concatenating two gives their merge (protobuf's rule)."""
@@ -118,10 +128,6 @@ class TimelineEncoder:
             for prefix in BEHAVIOUR_SEQUENCES
         ]
 
-    def _strings_entry(self, key: bytes, values: list) -> bytes:
-        """A map entry of a string feature from encoded BytesList value fields."""
-        return _field(_T1, key + _field(_T2, _field(_T1, b"".join(values))))
-
     def _columns(self, events) -> list[list[bytes]]:
         """The encoded value field of each event's item_id, leaf_cat, top_cat, brand, shop."""
         get, string = self.encoder._strings.get, self.encoder._string
@@ -155,10 +161,7 @@ class TimelineEncoder:
         ))
 
     def _action(self, action: str) -> bytes:
-        cached = self._actions.get(action)
-        if cached is None:
-            cached = self._actions[action] = self.encoder.feature("action", action)
-        return cached
+        return self._memo(self._actions, action, lambda: self.encoder.feature("action", action))
 
     def examples(self, timeline, window, parts) -> Iterator[tuple[str, bytes]]:
         """(split, serialised example) for every positive of every SearchParts in `parts`
@@ -169,7 +172,7 @@ class TimelineEncoder:
         user_id = timeline.user_id
         user_entry = feature("user_id", user_id)
         key = self.encoder._keys["search_id"]
-        strings_entry = self._strings_entry
+        strings_entry = _strings_entry
         last = len(events) - 1
         for p in parts:
             if columns is None:  # once per user with an example

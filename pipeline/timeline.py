@@ -161,7 +161,6 @@ class Timeline:
         self.session_indices: dict[str, list[int]] = {}  # label -> its behaviours' indices, ascending
         for i, label in enumerate(self.sessions):
             self.session_indices.setdefault(label, []).append(i)
-        self.first_index = {label: indices[0] for label, indices in self.session_indices.items()}
         # Every distinct (ts, query) with a query, in time order: the user's query log.
         self.query_log: list[tuple[int, str]] = []
         for e in events:
@@ -193,7 +192,7 @@ class Timeline:
 
     def sequences_at(self, t: int, session: str) -> Sequences:
         """rt, st and lt behaviours strictly before `t` (lists of UserEvent, newest first)."""
-        session_start = self.first_index.get(session, len(self.events))
+        session_start = self.session_indices.get(session, [len(self.events)])[0]
         return fh.select_sequences(self.events, self.ts, self.sessions, t, session, session_start)
 
     def sequence_indices_at(self, t: int, session: str) -> Sequences:
