@@ -104,3 +104,60 @@ def test_search_flags_come_from_the_worlds_per_search_truth(world, tmp_path):
     flags = Truth(str(tmp_path / "truth")).search_flags()
     assert flags[("u1", 100)]["typo"] and not flags[("u1", 100)]["history_intent"]
     assert flags[("u2", 200)]["history_intent"]
+
+
+def _scalar_metrics(topk, fields, queries, positives, ks, truth, intents):
+    """The metrics by their definitions, one Python test per retrieved item."""
+    ids, brands, leafs, tops = (fields[k] for k in ("item_id", "brand", "leaf_cat", "top_cat"))
+    out = {key: [] for key in ("recall", "p_good", "filter_pass")}
+    for row, query, pos in zip(topk, queries, positives):
+        out["recall"].append([sum(ids[i] in pos for i in row[:k]) / len(pos) for k in ks])
+        q = truth.query(query)
+        if q is not None:
+            out["p_good"].append([np.mean([truth.relevant(q, ids[i], leafs[i], brands[i]) for i in row[:k]])
+                                  for k in ks])
+        intent = intents.match(query)
+        out["filter_pass"].append([np.mean([intent.passes(brands[i], leafs[i], tops[i]) for i in row[:k]])
+                                   for k in ks])
+    return {key: {str(k): float(np.mean([v[j] for v in vals])) for j, k in enumerate(ks)} for key, vals in out.items()}
+
+
+def test_metrics_over_whole_rows_equal_the_per_item_definitions(tmp_path):
+    """retrieval_metrics compares integer codes over whole top-K rows; on a random pool
+    (true attributes that differ from the catalog's for some items, queries with and
+    without a brand, names the pool does not hold, ambiguous names) it must score what
+    Truth.relevant and QueryIntent.passes score item by item."""
+    rng = np.random.default_rng(3)
+    brand_names, leaf_names = ["耐克", "阿迪达斯", "李宁", "安踏", ""], ["跑步鞋", "篮球鞋", "连衣裙", "T恤", "李宁"]
+    n = 400
+    fields = {
+        "item_id": np.array([f"i{i}" for i in range(n)], dtype=object),
+        "brand": rng.choice(brand_names, n).astype(object),
+        "leaf_cat": rng.choice(leaf_names, n).astype(object),
+        "top_cat": rng.choice(["鞋", "女装", "男装"], n).astype(object),
+    }
+    truth_dir = tmp_path / "truth"
+    truth_dir.mkdir()
+    queries_truth = [{"query": f"{b} {l}".strip(), "leaf_category": l, "brand": b}
+                     for b in brand_names + ["彪马"] for l in leaf_names]
+    with open(truth_dir / "queries.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(q, ensure_ascii=False) + "\n" for q in queries_truth)
+    with open(truth_dir / "items.jsonl", "w", encoding="utf-8") as f:  # a third relabelled by the truth
+        for i in rng.choice(n, n // 3, replace=False):
+            f.write(json.dumps({"item_id": f"i{i}", "leaf_category": str(rng.choice(leaf_names)),
+                                "brand": str(rng.choice(brand_names))}, ensure_ascii=False) + "\n")
+    truth = Truth(str(truth_dir))
+    intents = IntentMatcher(fields["brand"], fields["leaf_cat"], fields["top_cat"])
+    searches = 60
+    queries = [str(rng.choice([q["query"] for q in queries_truth] + ["不知道", "鞋", "李宁 女装"]))
+               for _ in range(searches)]
+    positives = [set(rng.choice(fields["item_id"], rng.integers(1, 4))) | ({"gone"} if s % 7 == 0 else set())
+                 for s in range(searches)]
+    topk = np.stack([rng.permutation(n)[:50] for _ in range(searches)])
+    ks = (1, 5, 20, 50)
+    got = retrieval_metrics(topk, fields, queries, positives, ks, truth, intents)
+    want = _scalar_metrics(topk, fields, queries, positives, ks, truth, intents)
+    assert got["searches_with_truth"] < searches  # some queries have no truth
+    for key in ("recall", "p_good", "filter_pass"):
+        assert got[key] == {k: pytest.approx(v) for k, v in want[key].items()}, key
+    assert 0 < got["p_good"]["50"] < 1 and 0 < got["filter_pass"]["50"] < 1
