@@ -43,6 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--max-steps", type=int, default=5000, help="stop here even without a plateau (default 5000)")
     p.add_argument("--monitor-k", type=int, default=200, help="validation Recall@K that decides (default 200)")
     p.add_argument("--k", default="10,50,200,1000", help="cut-offs of the final evaluation")
+    p.add_argument("--threads", type=int, default=0,
+                   help="TensorFlow's threads (intra- and inter-op); 0: its default, every core. benchmarks.reproduce "
+                        "--jobs N gives each of its N concurrent runs cores / N")
     return p.parse_args(argv)
 
 
@@ -110,6 +113,9 @@ def main(argv=None) -> int:
     from model.lookup import Lookup
     from model.rundir import build
 
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     Plateau = _plateau_callback()
 
     ks = parse_ks(args.k)

@@ -72,6 +72,10 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=int, default=250, help="steps between validation evaluations (default 250)")
     p.add_argument("--patience", type=int, default=3, help="evaluations without a gain before a run stops (default 3)")
     p.add_argument("--max-steps", type=int, default=5000, help="a run's step limit without a plateau (default 5000)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs trained at once, each with cores / JOBS TensorFlow threads (default: 2 on a machine "
+                        "of 2 or more cores, else 1). Small models use few cores well: on 2 cores, two runs at "
+                        "once finish sooner than the same two one after the other (docs/evaluation.md)")
     p.add_argument("--fresh", action="store_true", help="retrain every run (default: reuse finished runs)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the runs that have finished (a partial comparison)")
@@ -126,11 +130,45 @@ def run_variant(name: str, seed: int, processed: str, args) -> dict:
         os.makedirs(run_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "benchmarks.convergence", "--data", processed, "--out", run_dir,
                "--config", args.config, "--eval-every", str(args.eval_every), "--patience", str(args.patience),
-               "--max-steps", str(args.max_steps), "--k", args.k, "--set", *settings]
+               "--max-steps", str(args.max_steps), "--k", args.k, "--threads", str(args.threads), "--set", *settings]
         run_logged(cmd, os.path.join(run_dir, "run.log"))
     with open(result, encoding="utf-8") as f:
         run = json.load(f)
     return {"variant": name, "seed": seed, "settings": settings, "run_dir": relative(run_dir), **run}
+
+
+def run_all(todo: list[tuple[str, int]], run, jobs: int) -> dict[tuple[str, int], dict]:
+    """`run(name, seed)` for every (variant, seed) of `todo`, `jobs` at a time, started in
+    `todo`'s order (seed-major: the runs that finish first cover every variant); prints
+    each result as it comes. A failed run raises after the runs under way finish, and
+    nothing more is started."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from tqdm import tqdm
+
+    done: dict[tuple[str, int], dict] = {}
+    queue = list(todo)
+    bar = tqdm(total=len(todo), desc=f"runs ({jobs} at once)", unit="run")
+    # Each run is its own process; the threads only wait on them. A run starts only when
+    # one has finished well, so a failure starts nothing new.
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        under_way: dict = {}
+        while queue or under_way:
+            while queue and len(under_way) < jobs:
+                name, seed = queue.pop(0)
+                under_way[pool.submit(run, name, seed)] = (name, seed)
+            finished, _ = wait(under_way, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name, seed = under_way.pop(future)
+                r = future.result()  # raises; the with-block waits for the runs under way
+                done[(name, seed)] = r
+                m = r["metrics"]
+                bar.update()
+                bar.write(f"{name:>8} seed {seed}: {r['steps']} steps (best {r['best_step']})  "
+                          + "  ".join(f"R@{k} {m['recall'][str(k)]:.4f}" for k in m["k"]) + "  "
+                          + "  ".join(f"P_good@{k} {m['p_good'][str(k)] or 0:.4f}" for k in m["k"]))
+    bar.close()
+    return done
 
 
 METRICS = (("recall", "Recall@K"), ("p_good", "P_good@K"), ("filter_pass", "filter pass share@K"))
@@ -327,7 +365,9 @@ def markdown(report: dict) -> str:
                       "(the rest resume with the same command); a variant without a run is missing from the tables.", ""]
     per_run = [p["seconds"] for r in report["results"] for p in r["per_seed"]]
     lines += ["", f"Time: {sum(per_run) / 60:.0f} min of runs ({report['runs_finished']} runs; "
-              f"{report['runs_made']} made in the last invocation, which took {report['seconds'] / 60:.0f} min) "
+              f"{report['runs_made']} made in the last invocation"
+              f"{f', {jobs} at a time' if report['runs_made'] and (jobs := report.get('jobs', 1)) > 1 else ''}, "
+              f"which took {report['seconds'] / 60:.0f} min) "
               f"on {report['machine']}.", ""]
     return "\n".join(lines)
 
@@ -385,23 +425,14 @@ def main(argv=None) -> int:
     raw, processed, stats = prepare_data(args.data, args.scale, args.seed)
     os.makedirs(args.out, exist_ok=True)
     jobs = [(v, s) for s in seeds for v in variants]  # seed-major: a partial run covers every variant
-    runs: dict[str, list[dict]] = {v: [] for v in variants}
-    made = 0
-    from tqdm import tqdm
-
-    bar = tqdm(jobs, desc="runs", unit="run")
-    for name, seed in bar:
-        bar.set_postfix_str(f"{name} seed {seed}")
-        existed = os.path.exists(os.path.join(args.runs, f"{name}-seed{seed}", "run.json"))
-        if args.report_only and not existed:
-            continue
-        r = run_variant(name, seed, processed, args)
-        made += args.fresh or not existed
-        runs[name].append(r)
-        m = r["metrics"]
-        bar.write(f"{name:>8} seed {seed}: {r['steps']} steps (best {r['best_step']})  "
-                  + "  ".join(f"R@{k} {m['recall'][str(k)]:.4f}" for k in m["k"]) + "  "
-                  + "  ".join(f"P_good@{k} {m['p_good'][str(k)] or 0:.4f}" for k in m["k"]))
+    cores = os.cpu_count() or 1
+    args.jobs = max(1, args.jobs if args.jobs is not None else min(2, cores))
+    args.threads = max(1, cores // args.jobs) if args.jobs > 1 else 0
+    todo = [(v, s) for v, s in jobs
+            if not args.report_only or os.path.exists(os.path.join(args.runs, f"{v}-seed{s}", "run.json"))]
+    made = sum(args.fresh or not os.path.exists(os.path.join(args.runs, f"{v}-seed{s}", "run.json")) for v, s in todo)
+    done = run_all(todo, lambda name, seed: run_variant(name, seed, processed, args), args.jobs)
+    runs = {v: [done[(v, s)] for s in seeds if (v, s) in done] for v in variants}
     results = [aggregate(runs[v]) for v in variants if runs[v]]
     if not results:
         raise SystemExit(f"no finished runs under {args.runs}")
@@ -424,6 +455,7 @@ def main(argv=None) -> int:
         "results": results,
         "runs": len(jobs),
         "runs_made": int(made),
+        "jobs": args.jobs,
         "runs_finished": sum(len(r["per_seed"]) for r in results),
         "seconds": round(time.time() - t0, 1),
         "machine": summary(),

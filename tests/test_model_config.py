@@ -145,3 +145,38 @@ def test_the_training_table_shows_relevance_at_the_kept_step_and_at_its_peak():
                            {"best_step": 500, "curve": [{"step": 500}]}]}  # a run made before it was recorded
     assert relevance_along(result) == ("67.00", "70.00 (500/500)")
     assert relevance_along({"per_seed": [{"best_step": 500, "curve": [{"step": 500}]}]}) == ("-", "-")
+
+
+def test_reproduce_runs_jobs_at_once_in_seed_major_order_and_stops_on_a_failure():
+    """`make reproduce --jobs N`: at most N runs under way, started seed by seed, every
+    result kept under its (variant, seed); a failed run raises and nothing queued after
+    it starts."""
+    import threading
+    import time
+
+    from benchmarks.reproduce import run_all
+
+    lock, live, peak, started = threading.Lock(), [0], [0], []
+
+    def run(name, seed, fail=None):
+        with lock:
+            started.append((name, seed))
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.05)
+        with lock:
+            live[0] -= 1
+        if (name, seed) == fail:
+            raise RuntimeError(f"{name} seed {seed} failed")
+        return {"variant": name, "seed": seed, "steps": 1, "best_step": 1,
+                "metrics": {"k": [50], "recall": {"50": 0.5}, "p_good": {"50": None}}}
+
+    todo = [(v, s) for s in (0, 1, 2) for v in ("mlp", "mgdspr")]
+    done = run_all(todo, run, jobs=2)
+    assert peak[0] == 2 and sorted(started) == sorted(todo) and started[:2] == todo[:2]
+    assert all(done[key]["variant"] == key[0] and done[key]["seed"] == key[1] for key in todo)
+
+    started.clear()
+    with pytest.raises(RuntimeError, match="mgdspr seed 0 failed"):
+        run_all(todo, lambda n, s: run(n, s, fail=("mgdspr", 0)), jobs=1)
+    assert started == todo[:2]
