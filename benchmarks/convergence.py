@@ -52,14 +52,15 @@ def parse_args(argv=None):
 RELEVANCE_K = 50  # the validation curve's P_good@K beside its recall
 
 
-def validation_metrics(model, data_dir: str, k: int, truth=None) -> tuple[float, float | None]:
+def validation_metrics(model, data_dir: str, k: int, truth=None, searches=None) -> tuple[float, float | None]:
     """(Recall@k, P_good@RELEVANCE_K or None without ground truth) on the validation
-    searches. Relevance is tracked along the run but never decides it: a run stopped at
-    another step has another balance of the two."""
+    searches (`searches`: `model.evaluate.read_searches` of them, read once per run).
+    Relevance is tracked along the run but never decides it: a run stopped at another
+    step has another balance of the two."""
     from model.evaluate import embed_items, embed_searches, retrieval_metrics, top_k
 
     items, fields = embed_items(model, data_dir)
-    users, queries, positives = embed_searches(model, data_dir, select=is_validation)
+    users, queries, positives = embed_searches(model, data_dir, select=is_validation, searches=searches)
     ks = sorted({k, RELEVANCE_K})
     m = retrieval_metrics(top_k(users, items, max(ks)), fields, queries, positives, ks, truth)
     return m["recall"][str(k)], m["p_good"][str(RELEVANCE_K)] if truth is not None else None
@@ -78,6 +79,7 @@ def _plateau_callback():
             self.args, self.started, self.truth = args, started, truth
             self.curve, self.best, self.best_weights, self.since_best = [], -1.0, None, 0
             self.train_seconds, self.epoch_started = 0.0, started
+            self.searches = None  # the validation searches, read at the first evaluation
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch_started = time.time()
@@ -85,7 +87,12 @@ def _plateau_callback():
         def on_epoch_end(self, epoch, logs=None):
             self.train_seconds += time.time() - self.epoch_started
             step = (epoch + 1) * self.args.eval_every
-            recall, p_good = validation_metrics(self.model, self.args.data, self.args.monitor_k, self.truth)
+            if self.searches is None:
+                from model.evaluate import read_searches
+
+                self.searches = read_searches(self.args.data, select=is_validation)
+            recall, p_good = validation_metrics(self.model, self.args.data, self.args.monitor_k, self.truth,
+                                                self.searches)
             loss = float((logs or {}).get("loss", float("nan")))
             self.curve.append({"step": step, "loss": loss, "val_recall": recall, "val_p_good": p_good,
                                "seconds": round(time.time() - self.started, 1)})

@@ -221,20 +221,18 @@ def _user_tower_fn(model, vocab: str, batch_size: int):
     return cached[key]
 
 
-def embed_searches(model, data_dir: str, batch_size: int = 256, select=None, info: list | None = None):
-    """User tower over the test window, one row per search: (embeddings [S, d], queries [S],
-    positives: list of S sets of item ids). Examples are grouped by search_id.
-
-    `select(search_id) -> bool` keeps a subset of the searches; a list passed as `info`
-    receives one dict per search: search_id, user_id, ts, query_words (tuple) and
-    long_term (how many long-term behaviours the user had), for slicing the metrics."""
+def read_searches(data_dir: str, batch_size: int = 256, select=None, info: list | None = None):
+    """The test window's searches as the user tower reads them: (features {name: [S, ...]}
+    of the first example of each search, queries [S], positives: S sets of item ids).
+    Reading is most of an evaluation's time on the medium world (7 of its 10 s), so a
+    caller that evaluates again and again (a run's validation points) reads once.
+    `select` and `info` as in `embed_searches`."""
     import numpy as np
     import tensorflow as tf
 
     from features.spec import USER_FEATURE_NAMES, parse_examples
-    from model.data import split_files, vocab_dir
+    from model.data import split_files
 
-    tower = _user_tower_fn(model, vocab_dir(data_dir), batch_size)
     names = USER_FEATURE_NAMES + ("search_id", "query", "item_id", "user_id", "ts")
     ds = tf.data.TFRecordDataset(split_files(data_dir, "test"), compression_type="GZIP")
     ds = ds.batch(batch_size).map(lambda s: parse_examples(s, names)).prefetch(2)
@@ -269,7 +267,24 @@ def embed_searches(model, data_dir: str, batch_size: int = 256, select=None, inf
                 positives[index[s]].add(it)
     if not queries:
         raise ValueError(f"no test examples in {data_dir}/test")
-    chosen = {k: np.concatenate(v) for k, v in chosen.items()}
+    return {k: np.concatenate(v) for k, v in chosen.items()}, queries, positives
+
+
+def embed_searches(model, data_dir: str, batch_size: int = 256, select=None, info: list | None = None,
+                   searches=None):
+    """User tower over the test window, one row per search: (embeddings [S, d], queries [S],
+    positives: list of S sets of item ids). Examples are grouped by search_id.
+
+    `select(search_id) -> bool` keeps a subset of the searches; a list passed as `info`
+    receives one dict per search: search_id, user_id, ts, query_words (tuple) and
+    long_term (how many long-term behaviours the user had), for slicing the metrics.
+    `searches`: what `read_searches` returned, to embed without reading again."""
+    import numpy as np
+
+    from model.data import vocab_dir
+
+    tower = _user_tower_fn(model, vocab_dir(data_dir), batch_size)
+    chosen, queries, positives = searches or read_searches(data_dir, batch_size, select, info)
     embs = []
     for start in range(0, len(queries), batch_size):
         rows = np.arange(start, min(start + batch_size, len(queries)))

@@ -406,8 +406,9 @@ def test_a_run_to_a_plateau_records_its_curve_and_reports_on_unseen_searches(tin
 
 
 def test_the_compiled_user_tower_of_evaluation_lives_and_dies_with_its_model(tiny_world):
-    """Evaluations during a run reuse one traced tower; a model that is gone (the sidecar
-    moves on to the next checkpoint) takes its cache entry with it."""
+    """Evaluations during a run reuse one traced tower and, read once, the searches; a
+    model that is gone (the sidecar moves on to the next checkpoint) takes its cache entry
+    with it."""
     import gc
 
     from model import evaluate
@@ -418,10 +419,13 @@ def test_the_compiled_user_tower_of_evaluation_lives_and_dies_with_its_model(tin
 
     config = load_config(None, SMALL)
     model, _ = build(config, Lookup(vocab_dir(tiny_world[1]), config).table_sizes)
-    first = evaluate.embed_searches(model, tiny_world[1])[0]
-    again = evaluate.embed_searches(model, tiny_world[1])[0]
+    first, queries, positives = evaluate.embed_searches(model, tiny_world[1])
+    # a run's validation points read the searches once and embed them at every point
+    searches = evaluate.read_searches(tiny_world[1])
+    again, queries_again, positives_again = evaluate.embed_searches(model, tiny_world[1], searches=searches)
     (entry,) = evaluate._TOWERS[model].values()
     assert entry.experimental_get_tracing_count() == 1 and (first == again).all()
+    assert (queries, positives) == (queries_again, positives_again) and len(queries) > 1
     del model, entry
     gc.collect()
     assert len(evaluate._TOWERS) == 0
