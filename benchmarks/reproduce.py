@@ -364,9 +364,10 @@ def markdown(report: dict) -> str:
         lines[2:2] = [f"**Partial comparison: {report['runs_finished']} of {report['runs']} runs have finished** "
                       "(the rest resume with the same command); a variant without a run is missing from the tables.", ""]
     per_run = [p["seconds"] for r in report["results"] for p in r["per_seed"]]
+    jobs = report.get("jobs", 1)
+    at_once = f", {jobs} at a time" if report["runs_made"] and jobs > 1 else ""
     lines += ["", f"Time: {sum(per_run) / 60:.0f} min of runs ({report['runs_finished']} runs; "
-              f"{report['runs_made']} made in the last invocation"
-              f"{f', {jobs} at a time' if report['runs_made'] and (jobs := report.get('jobs', 1)) > 1 else ''}, "
+              f"{report['runs_made']} made in the last invocation{at_once}, "
               f"which took {report['seconds'] / 60:.0f} min) "
               f"on {report['machine']}.", ""]
     return "\n".join(lines)
