@@ -60,6 +60,24 @@ class QueryIntent:
         fields = {"brands": brand, "leaf_cats": leaf_cat, "top_cats": top_cat}
         return all(any(fields[kind] == name for kind, name in readings) for readings in self.either)
 
+    def mask(self, brand, leaf_cat, top_cat):
+        """`passes` over aligned arrays of many items at once: bool [n]."""
+        import numpy as np
+
+        fields = {"brands": np.asarray(brand, dtype=object), "leaf_cats": np.asarray(leaf_cat, dtype=object),
+                  "top_cats": np.asarray(top_cat, dtype=object)}
+        keep = np.ones(len(fields["brands"]), dtype=bool)
+        for kind, values in fields.items():
+            wanted = getattr(self, kind)
+            if wanted:
+                keep &= np.isin(values, list(wanted))
+        for readings in self.either:
+            any_reading = np.zeros(len(keep), dtype=bool)
+            for kind, name in readings:
+                any_reading |= fields[kind] == name
+            keep &= any_reading
+        return keep
+
     def to_dict(self) -> dict:
         out = {k: sorted(getattr(self, k)) for k in ("brands", "leaf_cats", "top_cats")}
         if self.either:

@@ -117,29 +117,25 @@ class Truth:
                 self._flags[(str(r["user_id"]), int(r["ts"]))] = {k: bool(r.get(k)) for k in SEARCH_PHENOMENA}
         return self._flags
 
-    def pool_counts(self, fields) -> tuple[dict, dict]:
-        """(items per leaf, items per (leaf, brand)) of a pool (its raw fields), by the
-        items' true attributes: how many relevant items a query can find there."""
-        from collections import Counter
-
-        leafs, brands = Counter(), Counter()
-        for item_id, leaf, brand in zip(fields["item_id"], fields["leaf_cat"], fields["brand"]):
-            t = self.items.get(str(item_id))
-            if t is not None:
-                leaf, brand = t.get("leaf_category", leaf), t.get("brand", brand) or ""
-            leafs[leaf] += 1
-            brands[(leaf, brand)] += 1
-        return dict(leafs), dict(brands)
-
-    def true_fields(self, fields) -> tuple[list, list]:
+    def true_fields(self, fields) -> tuple:
         """(leaf categories, brands) of a pool's items (its raw fields) by their true
-        attributes, as `relevant` reads them."""
+        attributes, as `relevant` reads them: two object arrays [N]."""
+        import numpy as np
+
         leafs, brands = [], []
         for item_id, leaf, brand in zip(fields["item_id"], fields["leaf_cat"], fields["brand"]):
-            t = self.items.get(item_id)
+            t = self.items.get(str(item_id))
             leafs.append(leaf if t is None else t.get("leaf_category", leaf))
             brands.append(brand if t is None else t.get("brand", brand) or "")
-        return leafs, brands
+        return np.array(leafs, dtype=object), np.array(brands, dtype=object)
+
+    @staticmethod
+    def pool_counts(true_leafs, true_brands) -> tuple[dict, dict]:
+        """(items per leaf, items per (leaf, brand)) of a pool, from its `true_fields`:
+        how many relevant items a query can find there."""
+        from collections import Counter
+
+        return dict(Counter(true_leafs)), dict(Counter(zip(true_leafs, true_brands)))
 
     def relevant_in_pool(self, q: dict, counts: tuple[dict, dict]) -> int:
         """Items of the pool relevant to query intent `q` (`counts` from `pool_counts`)."""
@@ -312,37 +308,6 @@ def top_k(users, items, k: int, batch_size: int = 256):
 # Metrics
 
 
-class _Coded:
-    """A string column of the pool as integer codes: `codes` [N]; `code(value)` is -1 for
-    a value the column does not hold, which equals no item's code."""
-
-    def __init__(self, values):
-        import numpy as np
-
-        self._of: dict = {}
-        self.codes = np.fromiter((self._of.setdefault(v, len(self._of)) for v in values), np.int64, len(values))
-
-    def code(self, value) -> int:
-        return self._of.get(value, -1)
-
-
-def _passes(intent, row, columns: dict):
-    """`intent.passes` for every item of a top-K row at once: [K] bool."""
-    import numpy as np
-
-    ok = np.ones(len(row), bool)
-    for kind, col in columns.items():
-        names = getattr(intent, kind)
-        if names:
-            ok &= np.isin(col.codes[row], [col.code(n) for n in names])
-    for readings in intent.either:
-        any_reading = np.zeros(len(row), bool)
-        for kind, name in readings:
-            any_reading |= columns[kind].codes[row] == columns[kind].code(name)
-        ok &= any_reading
-    return ok
-
-
 def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, intents=None, slices=None) -> dict:
     """Recall@K, P_good@K and filter pass share@K, averaged over searches.
 
@@ -360,16 +325,13 @@ def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, int
     # One row of [len(ks)] values per search (NaN where it has no ground truth or no
     # intents): the overall figures and every slice are means over these.
     rows = {key: np.full((len(queries), len(ks)), np.nan) for key in ("recall", "p_good", "p_good_ceiling", "filter_pass")}
-    # Every per-item test is a comparison of integer codes over a whole top-K row at once
-    # (a Python call per retrieved item was most of the 41 s an evaluation took at 5,662
-    # searches x K = 1000).
+    # Every per-item test compares a whole top-K row at once (a Python call per retrieved
+    # item was most of the 41 s an evaluation took at 5,662 searches x K = 1000).
     position = {item_id: i for i, item_id in enumerate(ids)}
     ends = np.asarray(ks) - 1
     if truth is not None:
-        counts = truth.pool_counts(item_fields)
-        true_leaf, true_brand = (_Coded(col) for col in truth.true_fields(item_fields))
-    if intents is not None:
-        columns = {"brands": _Coded(brands), "leaf_cats": _Coded(leafs), "top_cats": _Coded(tops)}
+        true_leafs, true_brands = truth.true_fields(item_fields)
+        counts = truth.pool_counts(true_leafs, true_brands)
     with_truth = with_intent = 0
     for s, (row, query, pos) in enumerate(zip(topk, queries, positives)):
         found = [position[p] for p in pos if p in position]
@@ -379,16 +341,16 @@ def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, int
             q = truth.query(query)
             if q is not None:
                 with_truth += 1
-                rel = true_leaf.codes[row] == true_leaf.code(q["leaf_category"])
+                rel = true_leafs[row] == q["leaf_category"]
                 if q.get("brand"):
-                    rel &= true_brand.codes[row] == true_brand.code(q["brand"])
+                    rel &= true_brands[row] == q["brand"]
                 n_rel = truth.relevant_in_pool(q, counts)
                 rows["p_good"][s] = np.cumsum(rel)[ends] / np.asarray(ks)
                 rows["p_good_ceiling"][s] = [min(k, n_rel) / k for k in ks]
         if intents is not None:
             intent = intents.match(query)
             with_intent += not intent.empty
-            rows["filter_pass"][s] = np.cumsum(_passes(intent, row, columns))[ends] / np.asarray(ks)
+            rows["filter_pass"][s] = np.cumsum(intent.mask(brands[row], leafs[row], tops[row]))[ends] / np.asarray(ks)
 
     def mean(table):
         return {str(k): (float(np.nanmean(table[:, j])) if np.isfinite(table[:, j]).any() else None)

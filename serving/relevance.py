@@ -18,9 +18,6 @@ import numpy as np
 
 from features.intent import IntentMatcher, QueryIntent
 
-FIELD_OF = {"brands": "brand", "leaf_cats": "leaf_cat", "top_cats": "top_cat"}
-
-
 @dataclass
 class Filtered:
     ids: np.ndarray
@@ -40,23 +37,12 @@ class RelevanceControl:
 
     def mask(self, intent: QueryIntent, fields: dict) -> np.ndarray:
         """bool [n]: the rows whose brand / leaf_cat / top_cat agree with `intent`."""
-        n = len(fields["brand"])
-        keep = np.ones(n, dtype=bool)
-        for kind, field in FIELD_OF.items():
-            wanted = getattr(intent, kind)
-            if wanted:
-                keep &= np.isin(fields[field], list(wanted))
-        for readings in intent.either:
-            any_reading = np.zeros(n, dtype=bool)
-            for kind, name in readings:
-                any_reading |= fields[FIELD_OF[kind]] == name
-            keep &= any_reading
-        return keep
+        return intent.mask(fields["brand"], fields["leaf_cat"], fields["top_cat"])
 
     def apply(self, query: str, ids, scores, fields: dict) -> Filtered:
         intent = self.matcher.match(query)
         ids, scores = np.asarray(ids), np.asarray(scores)
         if intent.empty:
             return Filtered(ids, scores, 0, intent, np.ones(len(ids), dtype=bool))
-        keep = self.mask(intent, {f: np.asarray(fields[f], dtype=object) for f in FIELD_OF.values()})
+        keep = self.mask(intent, fields)
         return Filtered(ids[keep], scores[keep], int((~keep).sum()), intent, keep)
