@@ -8,8 +8,10 @@ The test day's searches are split by a stable hash of `search_id`: a fifth is th
 validation set that decides when to stop and which weights to keep; the other four
 fifths are the report set, never seen before the final evaluation. Every `--eval-every`
 steps the run records the mean training loss, validation Recall@K and (with ground truth)
-validation P_good@50; it stops after
-`--patience` evaluations without a gain of `--min-delta`, or at `--max-steps`.
+validation P_good@50. An evaluation without a gain of `--min-delta` is a plateau: the
+first `--decays` plateaus each go back to the best weights so far and multiply the
+learning rate by `--decay` (a converged run at a high rate, then refined at a low one);
+after those, `--patience` evaluations without a gain stop the run, as does `--max-steps`.
 
 Writes OUT/run.json: the curve, the best step, the report set's metrics (with the
 standard slices and the P_good ceiling), the config and the timings.
@@ -38,7 +40,13 @@ def parse_args(argv=None):
     p.add_argument("--config", default="quick", help="a preset (paper, quick) or a JSON file (default quick)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     p.add_argument("--eval-every", type=int, default=250, help="steps between validation evaluations (default 250)")
-    p.add_argument("--patience", type=int, default=3, help="evaluations without a gain before stopping (default 3)")
+    p.add_argument("--patience", type=int, default=1,
+                   help="evaluations without a gain before stopping, once the decays are spent (default 1)")
+    p.add_argument("--decay", type=float, default=0.2,
+                   help="on a plateau, back to the best weights and the learning rate times this (default 0.2)")
+    p.add_argument("--decays", type=int, default=1,
+                   help="plateaus met with a decay before one stops the run (default 1; 0 = stop on the first "
+                        "--patience plateau at a constant rate)")
     p.add_argument("--min-delta", type=float, default=0.002, help="a gain smaller than this is no gain (default 0.002)")
     p.add_argument("--max-steps", type=int, default=5000, help="stop here even without a plateau (default 5000)")
     p.add_argument("--monitor-k", type=int, default=200, help="validation Recall@K that decides (default 200)")
@@ -66,6 +74,22 @@ def validation_metrics(model, data_dir: str, k: int, truth=None, searches=None) 
     return m["recall"][str(k)], m["p_good"][str(RELEVANCE_K)] if truth is not None else None
 
 
+RULE_KEYS = ("eval_every", "patience", "min_delta", "max_steps", "monitor_k", "decay", "decays")
+
+
+def stopping_rule(args) -> dict:
+    """The settings that decide when a run stops and which weights it keeps (run.json's
+    "rule"; a comparison retrains a run whose rule is no longer its own)."""
+    return {key: getattr(args, key) for key in RULE_KEYS}
+
+
+def learning_rate(optimizer) -> float:
+    """The optimizer's current learning rate (a variable; a schedule is not used here)."""
+    import numpy as np
+
+    return float(np.asarray(optimizer.learning_rate))
+
+
 def _plateau_callback():
     import features  # noqa: F401
     import tensorflow as tf
@@ -78,6 +102,7 @@ def _plateau_callback():
             super().__init__()
             self.args, self.started, self.truth = args, started, truth
             self.curve, self.best, self.best_weights, self.since_best = [], -1.0, None, 0
+            self.decays_left, self.decay_steps, self.best_step = args.decays, [], 0
             self.train_seconds, self.epoch_started = 0.0, started
             self.searches = None  # the validation searches, read at the first evaluation
 
@@ -94,13 +119,23 @@ def _plateau_callback():
             recall, p_good = validation_metrics(self.model, self.args.data, self.args.monitor_k, self.truth,
                                                 self.searches)
             loss = float((logs or {}).get("loss", float("nan")))
+            rate = learning_rate(self.model.optimizer)
             self.curve.append({"step": step, "loss": loss, "val_recall": recall, "val_p_good": p_good,
-                               "seconds": round(time.time() - self.started, 1)})
+                               "learning_rate": rate, "seconds": round(time.time() - self.started, 1)})
             relevance = "" if p_good is None else f"  P_good@{RELEVANCE_K} {p_good:.4f}"
-            print(f"step {step}: loss {loss:.4f}  validation Recall@{self.args.monitor_k} {recall:.4f}{relevance}",
-                  flush=True)
+            print(f"step {step}: loss {loss:.4f}  validation Recall@{self.args.monitor_k} {recall:.4f}{relevance}"
+                  f"  lr {rate:.2g}", flush=True)
             if recall > self.best + self.args.min_delta:
                 self.best, self.best_weights, self.since_best = recall, self.model.get_weights(), 0
+                self.best_step = step
+            elif self.decays_left > 0:
+                # A plateau at this rate: on from the best weights at a lower one.
+                self.decays_left -= 1
+                self.model.set_weights(self.best_weights)
+                self.model.optimizer.learning_rate.assign(rate * self.args.decay)
+                self.decay_steps.append(step)
+                print(f"step {step}: plateau; back to the best weights, learning rate {rate:.2g} -> "
+                      f"{rate * self.args.decay:.2g}", flush=True)
             else:
                 self.since_best += 1
                 if self.since_best >= self.args.patience:
@@ -139,7 +174,7 @@ def main(argv=None) -> int:
               callbacks=[plateau], verbose=0)
     model.set_weights(plateau.best_weights)
     curve, step = plateau.curve, plateau.curve[-1]["step"]
-    best_step = max(curve, key=lambda c: c["val_recall"])["step"]
+    best_step = plateau.best_step  # the weights kept: the last gain of at least --min-delta
 
     metrics, _ = measure(model, args.data, ks, truth_dir, select=lambda s: not is_validation(s))
     run = {
@@ -148,6 +183,8 @@ def main(argv=None) -> int:
         "best_step": best_step,
         "steps": step,
         "plateau": step < args.max_steps,
+        "rule": stopping_rule(args),
+        "decay_steps": plateau.decay_steps,
         "train_seconds": round(plateau.train_seconds, 1),
         "examples_per_sec": round(step * config.batch_size / max(plateau.train_seconds, 1e-9), 1),
         "seconds": round(time.time() - t0, 1),

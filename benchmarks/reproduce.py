@@ -70,8 +70,14 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides for every variant")
     p.add_argument("--eval-every", type=int, default=250, help="steps between validation evaluations (default 250)")
-    p.add_argument("--patience", type=int, default=3, help="evaluations without a gain before a run stops (default 3)")
-    p.add_argument("--max-steps", type=int, default=5000, help="a run's step limit without a plateau (default 5000)")
+    p.add_argument("--decay", type=float, default=0.2,
+                   help="a run's first plateau: back to its best weights, learning rate times this (default 0.2)")
+    p.add_argument("--decays", type=int, default=1, help="plateaus met with a decay (default 1)")
+    p.add_argument("--patience", type=int, default=1,
+                   help="evaluations without a gain, after the decays, before a run stops (default 1)")
+    p.add_argument("--min-delta", type=float, default=0.002, help="a smaller gain of validation recall is none")
+    p.add_argument("--monitor-k", type=int, default=200, help="validation Recall@K that decides (default 200)")
+    p.add_argument("--max-steps", type=int, default=4000, help="a run's step limit without a plateau (default 4000)")
     p.add_argument("--jobs", type=int, default=None,
                    help="runs trained at once, each with cores / JOBS TensorFlow threads (default: 2 on a machine "
                         "of 2 or more cores, else 1). Small models use few cores well: on 2 cores, two runs at "
@@ -99,22 +105,27 @@ def run_logged(cmd: list[str], log_path: str) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); log {log_path}:\n{tail}")
 
 
-def stale_settings(result: str, config: str, settings: list[str]) -> str:
+def stale_settings(result: str, config: str, settings: list[str], rule: dict | None = None) -> str:
     """'' when the run at `result` (a run.json) is missing or was trained with the config
-    `config` + `settings` give today; else the fields that differ, "key: then -> now", so a
-    changed default never passes an old run off as the new model's."""
+    `config` + `settings` give today (and, given `rule`, stopped by that rule:
+    `benchmarks.convergence.stopping_rule`); else the fields that differ, "key: then ->
+    now", so a changed default never passes an old run off as the new model's."""
     from model.config import load_config
 
     if not os.path.exists(result):
         return ""
     with open(result, encoding="utf-8") as f:
-        then = json.load(f).get("config", {})
-    now = json.loads(load_config(config, settings).to_json())
-    keys = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
-    return ", ".join(f"{k}: {then.get(k)} -> {now.get(k)}" for k in keys)
+        run = json.load(f)
+    then, now = run.get("config", {}), json.loads(load_config(config, settings).to_json())
+    changed = [(k, then.get(k), now.get(k)) for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+    if rule is not None:
+        was = run.get("rule", {})
+        changed += [(k, was.get(k), v) for k, v in rule.items() if was.get(k) != v]
+    return ", ".join(f"{k}: {a} -> {b}" for k, a, b in changed)
 
 
 def run_variant(name: str, seed: int, processed: str, args) -> dict:
+    from benchmarks.convergence import stopping_rule
     from model.config import ABLATIONS
 
     if name not in ABLATIONS:
@@ -123,14 +134,16 @@ def run_variant(name: str, seed: int, processed: str, args) -> dict:
     result = os.path.join(run_dir, "run.json")
     ablation = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in ABLATIONS[name].items()]
     settings = list(args.overrides) + [f"seed={seed}"] + ablation
-    stale = stale_settings(result, args.config, settings)
+    stale = stale_settings(result, args.config, settings, stopping_rule(args))
     if stale:
         print(f"{name} seed {seed}: its finished run had another config ({stale}); training it again", flush=True)
     if args.fresh or stale or not os.path.exists(result):
         os.makedirs(run_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "benchmarks.convergence", "--data", processed, "--out", run_dir,
                "--config", args.config, "--eval-every", str(args.eval_every), "--patience", str(args.patience),
-               "--max-steps", str(args.max_steps), "--k", args.k, "--threads", str(args.threads), "--set", *settings]
+               "--min-delta", str(args.min_delta), "--monitor-k", str(args.monitor_k), "--decay", str(args.decay),
+               "--decays", str(args.decays), "--max-steps", str(args.max_steps), "--k", args.k,
+               "--threads", str(args.threads), "--set", *settings]
         run_logged(cmd, os.path.join(run_dir, "run.log"))
     with open(result, encoding="utf-8") as f:
         run = json.load(f)
@@ -277,6 +290,21 @@ def paired_table(results: list[dict], full: dict, ks: list[str]) -> list[str]:
     return lines
 
 
+def rule_text(report: dict) -> str:
+    """The stopping rule in words (reports written before the decay had none)."""
+    gain = f"a gain of at least {100 * report.get('min_delta', 0.002):g} points"
+    every = f"validation Recall@{report['monitor_k']} is measured every {report['eval_every']} steps"
+    decays = report.get("decays", 0)
+    if decays:
+        times = "once" if decays == 1 else f"{decays} times"
+        return (f"{every}; an evaluation without {gain} goes back to the run's best weights and multiplies its "
+                f"learning rate by {report['decay']:g} ({times}); after that, {report['patience']} evaluations "
+                f"without such a gain stop the run (at most {report['max_steps']} steps), and its best weights "
+                "are kept.")
+    return (f"{every}; {report['patience']} evaluations without {gain} stop the run (at most "
+            f"{report['max_steps']} steps), and its best weights are kept.")
+
+
 def markdown(report: dict) -> str:
     ks = [str(k) for k in report["k"]]
     rows = {r["variant"]: r for r in report["results"]}
@@ -287,9 +315,7 @@ def markdown(report: dict) -> str:
         f"{report['examples_train']} training examples, {report['items']} items in the pool, "
         f"{report['report_searches']} report searches of the test day (a fifth more decide when to stop). "
         f"Config `{report['config']}`{' with ' + ' '.join(report['overrides']) if report['overrides'] else ''}; "
-        f"model seeds {report['model_seeds']}; each run trains until validation Recall@{report['monitor_k']} gains "
-        f"less than 0.2 points in {report['patience']} evaluations {report['eval_every']} steps apart "
-        f"(at most {report['max_steps']} steps) and keeps its best weights.",
+        f"model seeds {report['model_seeds']}; {rule_text(report)}",
         "",
         "Percent, mean ± sample standard deviation over seeds. Recall@K: share of a test search's "
         "clicked/purchased items in its top-K out of the whole pool. P_good@K: share of the top-K relevant "
@@ -448,7 +474,10 @@ def main(argv=None) -> int:
         "eval_every": args.eval_every,
         "patience": args.patience,
         "max_steps": args.max_steps,
-        "monitor_k": 200,
+        "monitor_k": args.monitor_k,
+        "min_delta": args.min_delta,
+        "decay": args.decay,
+        "decays": args.decays,
         "k": first["metrics"]["k"],
         "items": first["metrics"]["items"],
         "report_searches": first["report_searches"],

@@ -181,7 +181,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_random_negatives": 1024,
         "hard_negatives": 64,
         "optimizer": "adam",
-        "learning_rate": 0.002,
+        "learning_rate": 0.005,
     },
 }
 

@@ -118,6 +118,14 @@ def test_a_finished_reproduce_run_with_another_config_is_not_reused(tmp_path):
     assert stale_settings(str(result), "quick", ["seed=1"]) == ""
     assert stale_settings(str(result), "quick", ["seed=1", "fusion_transformer_layers=2"]) == \
         "fusion_transformer_layers: 1 -> 2"
+    # ... nor a run stopped by another rule (one from before the decay on a plateau has none)
+    from benchmarks.convergence import parse_args, stopping_rule
+
+    rule = stopping_rule(parse_args(["--data", "d", "--out", "o"]))
+    assert stale_settings(str(result), "quick", ["seed=1"], rule).startswith("eval_every: None -> 250")
+    result.write_text(json.dumps({"config": json.loads(load_config("quick", ["seed=1"]).to_json()), "rule": rule}))
+    assert stale_settings(str(result), "quick", ["seed=1"], rule) == ""
+    assert stale_settings(str(result), "quick", ["seed=1"], {**rule, "decays": 0}) == "decays: 1 -> 0"
 
 
 def test_the_comparison_pairs_each_variant_with_mgdspr_seed_by_seed():

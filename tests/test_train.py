@@ -390,7 +390,10 @@ def test_a_run_to_a_plateau_records_its_curve_and_reports_on_unseen_searches(tin
     assert [c["step"] for c in run["curve"]] == [10, 20, 30] and not run["plateau"]
     assert all(0 <= c["val_recall"] <= 1 for c in run["curve"])
     assert all(0 <= c["val_p_good"] <= 1 for c in run["curve"])  # relevance tracked, not deciding
-    assert run["best_step"] == max(run["curve"], key=lambda c: c["val_recall"])["step"]
+    best = max(c["val_recall"] for c in run["curve"])
+    kept = {c["step"]: c["val_recall"] for c in run["curve"]}[run["best_step"]]
+    assert best - 0.002 <= kept <= best  # the last gain of --min-delta is what is kept
+    assert all(c["learning_rate"] > 0 for c in run["curve"])
     import tensorflow as tf
 
     from benchmarks.convergence import is_validation
@@ -403,6 +406,50 @@ def test_a_run_to_a_plateau_records_its_curve_and_reports_on_unseen_searches(tin
     assert 0 < len(report) < len(ids) and run["report_searches"] == len(report)
     assert run["metrics"]["k"] == [10, 50]
     assert 0 <= run["metrics"]["recall"]["10"] <= run["metrics"]["recall"]["50"] <= 1
+
+
+def test_a_plateau_decays_the_rate_from_the_best_weights_then_stops_the_run(monkeypatch):
+    """The comparison's stopping rule (`benchmarks.convergence`): the first plateau goes
+    back to the best weights and multiplies the learning rate by --decay; after the decays
+    are spent, --patience evaluations without a gain of --min-delta stop the run, and the
+    weights kept are the last gain's."""
+    import tensorflow as tf
+
+    from benchmarks import convergence
+
+    scripted = iter([0.50, 0.60, 0.601, 0.65, 0.70, 0.701, 0.69])  # 0.601, 0.701: below --min-delta
+    monkeypatch.setattr(convergence, "validation_metrics", lambda *a, **k: (next(scripted), None))
+
+    class Model:
+        def __init__(self):
+            self.optimizer = tf.keras.optimizers.Adam(0.005)
+            self.weights, self.stop_training = [0], False
+
+        def get_weights(self):
+            return list(self.weights)
+
+        def set_weights(self, weights):
+            self.weights = list(weights)
+
+    args = convergence.parse_args(["--data", "unused", "--out", "unused", "--eval-every", "10"])
+    assert (args.decay, args.decays, args.patience) == (0.2, 1, 1)
+    plateau = convergence._plateau_callback()(args, time.time())
+    plateau.searches = []  # read once per run; the scripted metrics need none
+    model = Model()
+    plateau.set_model(model)
+    rates = []
+    for epoch in range(7):
+        model.weights = [epoch + 1]  # the weights after this epoch's steps
+        plateau.on_epoch_begin(epoch)
+        plateau.on_epoch_end(epoch, {"loss": 1.0})
+        rates.append(round(float(model.optimizer.learning_rate.numpy()), 6))
+        if model.stop_training:
+            break
+    assert plateau.decay_steps == [30]  # 0.601 is no gain over 0.60: decay, from step 20's weights
+    assert rates == [0.005, 0.005, 0.001, 0.001, 0.001, 0.001]
+    assert model.stop_training and epoch == 5  # 0.701: the first evaluation without a gain after the decay
+    assert (plateau.best_step, plateau.best_weights) == (50, [5])
+    assert [c["learning_rate"] for c in plateau.curve][:3] == pytest.approx([0.005, 0.005, 0.005])
 
 
 def test_the_compiled_user_tower_of_evaluation_lives_and_dies_with_its_model(tiny_world):
