@@ -294,15 +294,17 @@ def rule_text(report: dict) -> str:
     """The stopping rule in words (reports written before the decay had none)."""
     gain = f"a gain of at least {100 * report.get('min_delta', 0.002):g} points"
     every = f"validation Recall@{report['monitor_k']} is measured every {report['eval_every']} steps"
+    patience = report["patience"]
+    stops = ("the next evaluation without such a gain stops" if patience == 1
+             else f"{patience} evaluations without such a gain stop")
     decays = report.get("decays", 0)
     if decays:
         times = "once" if decays == 1 else f"{decays} times"
         return (f"{every}; an evaluation without {gain} goes back to the run's best weights and multiplies its "
-                f"learning rate by {report['decay']:g} ({times}); after that, {report['patience']} evaluations "
-                f"without such a gain stop the run (at most {report['max_steps']} steps), and its best weights "
-                "are kept.")
-    return (f"{every}; {report['patience']} evaluations without {gain} stop the run (at most "
-            f"{report['max_steps']} steps), and its best weights are kept.")
+                f"learning rate by {report['decay']:g} ({times}); after that, {stops} the run (at most "
+                f"{report['max_steps']} steps), and its best weights are kept.")
+    return (f"{every}; {stops.replace('such a gain', gain)} the run (at most {report['max_steps']} steps), and "
+            "its best weights are kept.")
 
 
 def markdown(report: dict) -> str:
@@ -344,12 +346,13 @@ def markdown(report: dict) -> str:
     lines += ["", "## Training", "",
               "Validation P_good@50 is recorded along the run (not by runs made before it was): at the kept "
               "step, which validation recall chose, and at its own peak, mean over seeds.", "",
-              "| variant | steps (mean) | best step (mean) | runs that plateaued | train s per run "
-              "| validation P_good@50 at the kept step | its peak (step) |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "| variant | steps (mean) | rate decayed at (per seed) | best step (mean) | runs that plateaued "
+              "| train s per run | validation P_good@50 at the kept step | its peak (step) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
         kept, peak = relevance_along(r)
-        lines.append(f"| {r['variant']} | {r['steps']['mean']:.0f} | {r['best_step']['mean']:.0f} | "
+        decayed = "/".join(",".join(map(str, p["decay_steps"])) or "-" for p in r["per_seed"] if "decay_steps" in p)
+        lines.append(f"| {r['variant']} | {r['steps']['mean']:.0f} | {decayed or '-'} | {r['best_step']['mean']:.0f} | "
                      f"{r['plateaued']} of {len(r['per_seed'])} | {r['train_seconds']['mean']:.0f} | {kept} | {peak} |")
     lines += ["", "Curves: [reproduce_curves.png](reproduce_curves.png).", "",
               "## Beside the paper", "",

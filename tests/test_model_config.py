@@ -155,6 +155,19 @@ def test_the_training_table_shows_relevance_at_the_kept_step_and_at_its_peak():
     assert relevance_along({"per_seed": [{"best_step": 500, "curve": [{"step": 500}]}]}) == ("-", "-")
 
 
+def test_the_report_states_the_stopping_rule_its_runs_had():
+    from benchmarks.reproduce import rule_text
+
+    report = {"monitor_k": 200, "eval_every": 250, "patience": 1, "max_steps": 4000, "min_delta": 0.002,
+              "decay": 0.2, "decays": 1}
+    text = rule_text(report)
+    assert "every 250 steps" in text and "multiplies its learning rate by 0.2 (once)" in text
+    assert "after that, the next evaluation without such a gain stops the run (at most 4000 steps)" in text
+    old = {"monitor_k": 200, "eval_every": 250, "patience": 2, "max_steps": 2000}  # a report from before the decay
+    assert "learning rate" not in rule_text(old)
+    assert "2 evaluations without a gain of at least 0.2 points stop the run (at most 2000 steps)" in rule_text(old)
+
+
 def test_reproduce_runs_jobs_at_once_in_seed_major_order_and_stops_on_a_failure():
     """`make reproduce --jobs N`: at most N runs under way, started seed by seed, every
     result kept under its (variant, seed); a failed run raises and nothing queued after
