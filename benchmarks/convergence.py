@@ -48,7 +48,7 @@ def parse_args(argv=None):
                    help="plateaus met with a decay before one stops the run (default 1; 0 = stop on the first "
                         "--patience plateau at a constant rate)")
     p.add_argument("--min-delta", type=float, default=0.002, help="a gain smaller than this is no gain (default 0.002)")
-    p.add_argument("--max-steps", type=int, default=5000, help="stop here even without a plateau (default 5000)")
+    p.add_argument("--max-steps", type=int, default=4000, help="stop here even without a plateau (default 4000)")
     p.add_argument("--monitor-k", type=int, default=200, help="validation Recall@K that decides (default 200)")
     p.add_argument("--k", default="10,50,200,1000", help="cut-offs of the final evaluation")
     p.add_argument("--threads", type=int, default=0,

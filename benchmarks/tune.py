@@ -63,7 +63,7 @@ def main(argv=None) -> int:
             os.makedirs(run_dir, exist_ok=True)
             cmd = [sys.executable, "-m", "benchmarks.convergence", "--data", processed, "--out", run_dir,
                    "--config", "quick", "--eval-every", str(args.eval_every), "--max-steps", str(args.steps),
-                   "--patience", str(10**6), "--set", *CANDIDATES[name]]
+                   "--patience", str(10**6), "--decays", "0", "--set", *CANDIDATES[name]]  # constant rates
             run_logged(cmd, os.path.join(run_dir, "run.log"))
         with open(result, encoding="utf-8") as f:
             run = json.load(f)
