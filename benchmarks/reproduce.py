@@ -1,7 +1,8 @@
 """Reproduce the paper's comparison on a synthetic world: MGDSPR against the alpha-DNN
 baseline (an MLP user tower) and the ablations, each trained until its validation recall
-stops improving, over several seeds, evaluated the same way (Recall@K, P_good@K beside its
-ceiling, filter pass share@K, overall and per slice) on the test day's report searches.
+stops improving (once at its starting rate, once more at a fifth of it), over several
+seeds, evaluated the same way (Recall@K, P_good@K beside its ceiling, filter pass
+share@K, overall and per slice) on the test day's report searches.
 
     python -m benchmarks.reproduce --data data --out reports               # make reproduce
     python -m benchmarks.reproduce --data data --out reports --variants mgdspr,mlp --model-seeds 0 --max-steps 500
@@ -9,9 +10,9 @@ ceiling, filter pass share@K, overall and per slice) on the test day's report se
 Every run is `python -m benchmarks.convergence` in its own process (see there for the
 validation/report split and the plateau rule); its run.json stays under
 RUNS/<variant>-seed<s>/ (default runs/reproduce/) and is reused on a rerun unless
-`--fresh` or its config is no longer the variant's, so an interrupted comparison resumes
-where it stopped. Runs go seed by seed
-(every variant's seed 0 first), so a partial comparison still covers every variant.
+`--fresh` or its config or stopping rule is no longer the variant's, so an interrupted
+comparison resumes where it stopped. Runs go seed by seed (every variant's seed 0 first),
+so a partial comparison still covers every variant.
 
 Writes OUT/reproduce.md (the tables, mean and spread over seeds, per slice, the paper's
 figures beside ours), OUT/reproduce.json (every run's metrics and curve; paths relative
@@ -136,7 +137,8 @@ def run_variant(name: str, seed: int, processed: str, args) -> dict:
     settings = list(args.overrides) + [f"seed={seed}"] + ablation
     stale = stale_settings(result, args.config, settings, stopping_rule(args))
     if stale:
-        print(f"{name} seed {seed}: its finished run had another config ({stale}); training it again", flush=True)
+        print(f"{name} seed {seed}: its finished run had another config or stopping rule ({stale}); "
+              "training it again", flush=True)
     if args.fresh or stale or not os.path.exists(result):
         os.makedirs(run_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "benchmarks.convergence", "--data", processed, "--out", run_dir,
