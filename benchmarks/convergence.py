@@ -83,6 +83,11 @@ def stopping_rule(args) -> dict:
     return {key: getattr(args, key) for key in RULE_KEYS}
 
 
+def rule_flags(rule: dict) -> list[str]:
+    """The command-line flags that give a run `rule` (a `stopping_rule`)."""
+    return [part for key, value in rule.items() for part in (f"--{key.replace('_', '-')}", str(value))]
+
+
 def learning_rate(optimizer) -> float:
     """The optimizer's current learning rate (a variable; a schedule is not used here)."""
     import numpy as np

@@ -126,7 +126,7 @@ def stale_settings(result: str, config: str, settings: list[str], rule: dict | N
 
 
 def run_variant(name: str, seed: int, processed: str, args) -> dict:
-    from benchmarks.convergence import stopping_rule
+    from benchmarks.convergence import rule_flags, stopping_rule
     from model.config import ABLATIONS
 
     if name not in ABLATIONS:
@@ -135,17 +135,16 @@ def run_variant(name: str, seed: int, processed: str, args) -> dict:
     result = os.path.join(run_dir, "run.json")
     ablation = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in ABLATIONS[name].items()]
     settings = list(args.overrides) + [f"seed={seed}"] + ablation
-    stale = stale_settings(result, args.config, settings, stopping_rule(args))
+    rule = stopping_rule(args)
+    stale = stale_settings(result, args.config, settings, rule)
     if stale:
         print(f"{name} seed {seed}: its finished run had another config or stopping rule ({stale}); "
               "training it again", flush=True)
     if args.fresh or stale or not os.path.exists(result):
         os.makedirs(run_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "benchmarks.convergence", "--data", processed, "--out", run_dir,
-               "--config", args.config, "--eval-every", str(args.eval_every), "--patience", str(args.patience),
-               "--min-delta", str(args.min_delta), "--monitor-k", str(args.monitor_k), "--decay", str(args.decay),
-               "--decays", str(args.decays), "--max-steps", str(args.max_steps), "--k", args.k,
-               "--threads", str(args.threads), "--set", *settings]
+               "--config", args.config, *rule_flags(rule), "--k", args.k, "--threads", str(args.threads),
+               "--set", *settings]
         run_logged(cmd, os.path.join(run_dir, "run.log"))
     with open(result, encoding="utf-8") as f:
         run = json.load(f)

@@ -128,6 +128,20 @@ def test_a_finished_reproduce_run_with_another_config_is_not_reused(tmp_path):
     assert stale_settings(str(result), "quick", ["seed=1"], {**rule, "decays": 0}) == "decays: 1 -> 0"
 
 
+def test_a_comparison_run_is_started_with_the_rule_it_records():
+    """`make reproduce` starts each run with the flags of its own stopping rule, so the
+    rule a run records is the rule the comparison checks it against."""
+    from benchmarks import reproduce
+    from benchmarks.convergence import parse_args, rule_flags, stopping_rule
+
+    args = reproduce.parse_args(["--eval-every", "100", "--decay", "0.5", "--decays", "2", "--patience", "3",
+                                 "--min-delta", "0.001", "--monitor-k", "50", "--max-steps", "900"])
+    rule = stopping_rule(args)
+    assert rule == {"eval_every": 100, "patience": 3, "min_delta": 0.001, "max_steps": 900, "monitor_k": 50,
+                    "decay": 0.5, "decays": 2}
+    assert stopping_rule(parse_args(["--data", "d", "--out", "o", *rule_flags(rule)])) == rule
+
+
 def test_the_comparison_pairs_each_variant_with_mgdspr_seed_by_seed():
     from benchmarks.reproduce import paired_differences, paired_table
 
