@@ -32,13 +32,8 @@ def is_validation(search_id: str) -> bool:
     return zlib.crc32(search_id.encode("utf-8")) % VALIDATION_SHARE == 0
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.convergence", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="processed dir (train/, test/, items/, vocab/)")
-    p.add_argument("--out", required=True, help="where run.json goes")
-    p.add_argument("--config", default="quick", help="a preset (paper, quick) or a JSON file (default quick)")
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+def add_rule_arguments(p) -> None:
+    """The stopping rule's options (`RULE_KEYS`), shared with `benchmarks.reproduce`."""
     p.add_argument("--eval-every", type=int, default=250, help="steps between validation evaluations (default 250)")
     p.add_argument("--patience", type=int, default=1,
                    help="evaluations without a gain before stopping, once the decays are spent (default 1)")
@@ -50,6 +45,16 @@ def parse_args(argv=None):
     p.add_argument("--min-delta", type=float, default=0.002, help="a gain smaller than this is no gain (default 0.002)")
     p.add_argument("--max-steps", type=int, default=4000, help="stop here even without a plateau (default 4000)")
     p.add_argument("--monitor-k", type=int, default=200, help="validation Recall@K that decides (default 200)")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.convergence", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="processed dir (train/, test/, items/, vocab/)")
+    p.add_argument("--out", required=True, help="where run.json goes")
+    p.add_argument("--config", default="quick", help="a preset (paper, quick) or a JSON file (default quick)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    add_rule_arguments(p)
     p.add_argument("--k", default="10,50,200,1000", help="cut-offs of the final evaluation")
     p.add_argument("--threads", type=int, default=0,
                    help="TensorFlow's threads (intra- and inter-op); 0: its default, every core. benchmarks.reproduce "

@@ -56,6 +56,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv=None):
+    from benchmarks.convergence import add_rule_arguments
+
     p = argparse.ArgumentParser(prog="python -m benchmarks.reproduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data", help="data root: the world is DATA/SCALE/{raw,processed} (made if missing)")
@@ -70,15 +72,7 @@ def parse_args(argv=None):
     p.add_argument("--config", default="quick", help="base config of every variant: a preset or a JSON file (default quick)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides for every variant")
-    p.add_argument("--eval-every", type=int, default=250, help="steps between validation evaluations (default 250)")
-    p.add_argument("--decay", type=float, default=0.2,
-                   help="a run's first plateau: back to its best weights, learning rate times this (default 0.2)")
-    p.add_argument("--decays", type=int, default=1, help="plateaus met with a decay (default 1)")
-    p.add_argument("--patience", type=int, default=1,
-                   help="evaluations without a gain, after the decays, before a run stops (default 1)")
-    p.add_argument("--min-delta", type=float, default=0.002, help="a smaller gain of validation recall is none")
-    p.add_argument("--monitor-k", type=int, default=200, help="validation Recall@K that decides (default 200)")
-    p.add_argument("--max-steps", type=int, default=4000, help="a run's step limit without a plateau (default 4000)")
+    add_rule_arguments(p)  # every run's stopping rule, as benchmarks.convergence takes it
     p.add_argument("--jobs", type=int, default=None,
                    help="runs trained at once, each with cores / JOBS TensorFlow threads (default: 2 on a machine "
                         "of 2 or more cores, else 1). Small models use few cores well: on 2 cores, two runs at "
@@ -435,6 +429,7 @@ def plot_curves(results: list[dict], path: str) -> None:
 
 
 def main(argv=None) -> int:
+    from benchmarks.convergence import stopping_rule
     from benchmarks.machine import summary
 
     import features  # noqa: F401
@@ -475,13 +470,7 @@ def main(argv=None) -> int:
         "model_seeds": seeds,
         "config": args.config,
         "overrides": list(args.overrides),
-        "eval_every": args.eval_every,
-        "patience": args.patience,
-        "max_steps": args.max_steps,
-        "monitor_k": args.monitor_k,
-        "min_delta": args.min_delta,
-        "decay": args.decay,
-        "decays": args.decays,
+        **stopping_rule(args),
         "k": first["metrics"]["k"],
         "items": first["metrics"]["items"],
         "report_searches": first["report_searches"],
