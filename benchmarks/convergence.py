@@ -94,15 +94,19 @@ def rule_flags(rule: dict) -> list[str]:
 
 
 def learning_rate(optimizer) -> float:
-    """The optimizer's current learning rate (a variable; a schedule is not used here)."""
+    """The rate the optimizer trains at once any warm-up is over (`model.config.rate_variable`)."""
     import numpy as np
 
-    return float(np.asarray(optimizer.learning_rate))
+    from model.config import rate_variable
+
+    return float(np.asarray(rate_variable(optimizer)))
 
 
 def _plateau_callback():
     import features  # noqa: F401
     import tensorflow as tf
+
+    from model.config import rate_variable
 
     class Plateau(tf.keras.callbacks.Callback):
         """After every epoch of `eval_every` steps: the curve point, the best weights so
@@ -142,7 +146,7 @@ def _plateau_callback():
                 # A plateau at this rate: on from the best weights at a lower one.
                 self.decays_left -= 1
                 self.model.set_weights(self.best_weights)
-                self.model.optimizer.learning_rate.assign(rate * self.args.decay)
+                rate_variable(self.model.optimizer).assign(rate * self.args.decay)
                 self.decay_steps.append(step)
                 print(f"step {step}: plateau; back to the best weights, learning rate {rate:.2g} -> "
                       f"{rate * self.args.decay:.2g}", flush=True)

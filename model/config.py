@@ -71,6 +71,7 @@ class MGDSPRConfig:
     learning_rate: float = 0.1
     adagrad_initial_accumulator: float = 0.1
     clip_norm: float = 3.0  # global L2 norm of all gradients; 0 = no clipping
+    warmup_steps: int = 0  # the rate rises linearly from learning_rate / warmup_steps to learning_rate
     seed: int = 0
 
     # -- item ids at catalog scale (model/lookup.py, docs/scale.md) ---------------------
@@ -120,6 +121,8 @@ class MGDSPRConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.warmup_steps < 0:
+            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.clip_norm < 0:
             problems.append(f"clip_norm must be >= 0, got {self.clip_norm}")
         if self.catalog_size < 0:
@@ -258,15 +261,49 @@ def make_optimizer(config: MGDSPRConfig):
     import tensorflow as tf
 
     clip = {"global_clipnorm": config.clip_norm} if config.clip_norm > 0 else {}
+    rate = warmup_schedule()(config.learning_rate, config.warmup_steps) if config.warmup_steps else config.learning_rate
     if config.optimizer == "adagrad":
         return tf.keras.optimizers.Adagrad(
-            learning_rate=config.learning_rate,
+            learning_rate=rate,
             initial_accumulator_value=config.adagrad_initial_accumulator,
             **clip,
         )
     if config.optimizer == "adam":
-        return tf.keras.optimizers.Adam(learning_rate=config.learning_rate, **clip)
-    return tf.keras.optimizers.SGD(learning_rate=config.learning_rate, **clip)
+        return tf.keras.optimizers.Adam(learning_rate=rate, **clip)
+    return tf.keras.optimizers.SGD(learning_rate=rate, **clip)
 
 
-__all__ = ["ABLATIONS", "PRESETS", "MGDSPRConfig", "load_config", "make_optimizer", "parse_overrides"]
+def warmup_schedule():
+    """The class of a linear warm-up: step s (from 0) trains at rate * min(1, (s + 1) / steps).
+    The target rate is a variable (`.rate`), so a run can lower it later."""
+    import features  # noqa: F401
+    import tensorflow as tf
+
+    class Warmup(tf.keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self, rate: float, steps: int):
+            self.rate = tf.Variable(float(rate), trainable=False, dtype=tf.float32, name="target_learning_rate")
+            self.steps = int(steps)
+
+        def __call__(self, step):
+            done = tf.cast(step + 1, tf.float32) / float(self.steps)
+            return self.rate * tf.minimum(1.0, done)
+
+        def get_config(self):
+            return {"rate": float(self.rate.numpy()), "steps": self.steps}
+
+    return Warmup
+
+
+def rate_variable(optimizer):
+    """The variable that sets an optimizer's learning rate from now on: a warm-up's target
+    rate, else the rate itself."""
+    import features  # noqa: F401
+    import tensorflow as tf
+
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if isinstance(schedule, tf.keras.optimizers.schedules.LearningRateSchedule):
+        return schedule.rate
+    return optimizer.learning_rate
+
+
+__all__ = ["ABLATIONS", "PRESETS", "MGDSPRConfig", "load_config", "make_optimizer", "parse_overrides", "rate_variable"]

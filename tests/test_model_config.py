@@ -215,3 +215,31 @@ def test_reproduce_runs_jobs_at_once_in_seed_major_order_and_stops_on_a_failure(
     with pytest.raises(RuntimeError, match="mgdspr seed 0 failed"):
         run_all(todo, lambda n, s: run(n, s, fail=("mgdspr", 0)), jobs=1)
     assert started == todo[:2]
+
+
+def test_a_warmup_rises_linearly_to_the_rate_which_a_run_can_then_lower():
+    """`warmup_steps`: step s trains at rate * (s + 1) / warmup_steps until the rate is
+    reached; `rate_variable` is what a decay assigns, with or without a warm-up."""
+    import tensorflow as tf
+
+    from model.config import MGDSPRConfig, make_optimizer, rate_variable
+
+    variables = {}
+
+    def rates(optimizer, steps):
+        v, seen = variables.setdefault(id(optimizer), tf.Variable([1.0])), []
+        for _ in range(steps):
+            optimizer.apply_gradients([(tf.constant([0.0]), v)])
+            seen.append(float(optimizer.learning_rate))  # the rate this step ran at
+        return seen
+
+    warm = make_optimizer(MGDSPRConfig(optimizer="adam", learning_rate=0.01, warmup_steps=4))
+    assert rates(warm, 6) == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
+    rate_variable(warm).assign(0.002)
+    assert rates(warm, 1) == pytest.approx([0.002])
+    plain = make_optimizer(MGDSPRConfig(optimizer="adam", learning_rate=0.01))
+    assert rates(plain, 2) == pytest.approx([0.01, 0.01])
+    rate_variable(plain).assign(0.002)
+    assert rates(plain, 1) == pytest.approx([0.002])
+    with pytest.raises(ValueError, match="warmup_steps"):
+        MGDSPRConfig(warmup_steps=-1)

@@ -408,21 +408,22 @@ def test_a_run_to_a_plateau_records_its_curve_and_reports_on_unseen_searches(tin
     assert 0 <= run["metrics"]["recall"]["10"] <= run["metrics"]["recall"]["50"] <= 1
 
 
-def test_a_plateau_decays_the_rate_from_the_best_weights_then_stops_the_run(monkeypatch):
+@pytest.mark.parametrize("warmup_steps", [0, 5])
+def test_a_plateau_decays_the_rate_from_the_best_weights_then_stops_the_run(monkeypatch, warmup_steps):
     """The comparison's stopping rule (`benchmarks.convergence`): the first plateau goes
     back to the best weights and multiplies the learning rate by --decay; after the decays
     are spent, --patience evaluations without a gain of --min-delta stop the run, and the
-    weights kept are the last gain's."""
-    import tensorflow as tf
-
+    weights kept are the last gain's. With a warm-up, the decay lowers the rate it rises to."""
     from benchmarks import convergence
+    from model.config import MGDSPRConfig, make_optimizer
 
     scripted = iter([0.50, 0.60, 0.601, 0.65, 0.70, 0.701, 0.69])  # 0.601, 0.701: below --min-delta
     monkeypatch.setattr(convergence, "validation_metrics", lambda *a, **k: (next(scripted), None))
 
     class Model:
         def __init__(self):
-            self.optimizer = tf.keras.optimizers.Adam(0.005)
+            self.optimizer = make_optimizer(MGDSPRConfig(optimizer="adam", learning_rate=0.005,
+                                                         warmup_steps=warmup_steps))
             self.weights, self.stop_training = [0], False
 
         def get_weights(self):
@@ -442,7 +443,7 @@ def test_a_plateau_decays_the_rate_from_the_best_weights_then_stops_the_run(monk
         model.weights = [epoch + 1]  # the weights after this epoch's steps
         plateau.on_epoch_begin(epoch)
         plateau.on_epoch_end(epoch, {"loss": 1.0})
-        rates.append(round(float(model.optimizer.learning_rate.numpy()), 6))
+        rates.append(round(convergence.learning_rate(model.optimizer), 6))
         if model.stop_training:
             break
     assert plateau.decay_steps == [30]  # 0.601 is no gain over 0.60: decay, from step 20's weights
@@ -476,3 +477,32 @@ def test_the_compiled_user_tower_of_evaluation_lives_and_dies_with_its_model(tin
     del model, entry
     gc.collect()
     assert len(evaluate._TOWERS) == 0
+
+
+@pytest.mark.parametrize("use_trm", [True, False])
+def test_the_fusion_report_measures_what_the_user_vector_reads(tiny_world, use_trm):
+    """`benchmarks.fusion`: the [CLS] row's attention shares and its own add up to one, and
+    a branch the fusion gives no weight moves the user vector by nothing while the query
+    rows move it."""
+    from benchmarks.fusion import BRANCHES, format_report, inspect
+    from model.config import load_config
+    from model.data import vocab_dir
+    from model.lookup import Lookup
+    from model.rundir import build
+
+    config = load_config(None, SMALL + [f"use_trm={use_trm}"])
+    model, _ = build(config, Lookup(vocab_dir(tiny_world[1]), config).table_sizes)
+    first = inspect(model, tiny_world[1], searches=40)
+    assert first["searches"] == 40 and "| h_real |" in format_report(first, "tiny")
+    if use_trm:
+        total = first["cls_attention"] + sum(first[b]["attention"] for b in BRANCHES)
+        assert total == pytest.approx(1.0, abs=1e-5)
+        return
+    assert first["cls_attention"] is None and first["h_short"]["moved"] > 0
+    kernel, bias = model.user_tower.fusion.project.get_weights()
+    d = config.embedding_dim
+    kernel[6 * d: 12 * d] = 0.0  # the concatenation's weights of the six h_real rows
+    model.user_tower.fusion.project.set_weights([kernel, bias])
+    second = inspect(model, tiny_world[1], searches=40)
+    assert second["h_real"]["moved"] == pytest.approx(0.0, abs=1e-6)
+    assert second["q_mgs"]["moved"] > 1e-3
