@@ -162,7 +162,19 @@ def summed_clipping(optimizer):
             return super()._clip_gradients(self._deduplicate_sparse_grad(grads))
 
     SummedClipping.__name__ = SummedClipping.__qualname__ = base.__name__
-    return SummedClipping.from_config(optimizer.get_config())
+    return rebuilt(SummedClipping, optimizer)
+
+
+def rebuilt(cls, optimizer):
+    """An optimizer of class `cls` with `optimizer`'s settings. A learning-rate schedule (a
+    warm-up) is handed over as it is, with its variables, not rebuilt from its config."""
+    import tensorflow as tf
+
+    config = optimizer.get_config()
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if isinstance(schedule, tf.keras.optimizers.schedules.LearningRateSchedule):
+        config["learning_rate"] = schedule
+    return cls.from_config(config)
 
 
 def allreduce_optimizer(optimizer, hvd):
@@ -186,7 +198,7 @@ def allreduce_optimizer(optimizer, hvd):
             return super().apply_gradients(reduced, *args, **kwargs)
 
     Allreduced.__name__ = Allreduced.__qualname__ = base.__name__
-    return Allreduced.from_config(optimizer.get_config())
+    return rebuilt(Allreduced, optimizer)
 
 
 # ---------------------------------------------------------------------------------------

@@ -241,5 +241,12 @@ def test_a_warmup_rises_linearly_to_the_rate_which_a_run_can_then_lower():
     assert rates(plain, 2) == pytest.approx([0.01, 0.01])
     rate_variable(plain).assign(0.002)
     assert rates(plain, 1) == pytest.approx([0.002])
+    # Training wraps the optimizer (summed clipping): the wrapper keeps the same schedule.
+    from model.train import summed_clipping
+
+    fresh = make_optimizer(MGDSPRConfig(optimizer="adam", learning_rate=0.01, warmup_steps=4))
+    wrapped = summed_clipping(fresh)
+    assert rate_variable(wrapped) is rate_variable(fresh)
+    assert rates(wrapped, 2) == pytest.approx([0.0025, 0.005])
     with pytest.raises(ValueError, match="warmup_steps"):
         MGDSPRConfig(warmup_steps=-1)
