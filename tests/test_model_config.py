@@ -142,6 +142,24 @@ def test_a_comparison_run_is_started_with_the_rule_it_records():
     assert stopping_rule(parse_args(["--data", "d", "--out", "o", *rule_flags(rule)])) == rule
 
 
+def test_every_comparison_run_warms_up_unless_told_otherwise(tmp_path):
+    """`make reproduce` trains every variant with the comparison's warm-up on top of its
+    preset; a later --set of the same key wins, and a run made without it is retrained."""
+    import json
+
+    from benchmarks import reproduce
+    from model.config import load_config
+
+    args = reproduce.parse_args([])
+    assert load_config(args.config, args.overrides).warmup_steps == 500
+    assert load_config("quick").warmup_steps == 0  # `make train` and the demo do not warm up
+    told = reproduce.parse_args(["--set", "warmup_steps=0", "seed=3"])
+    assert load_config(told.config, told.overrides).warmup_steps == 0
+    result = tmp_path / "run.json"
+    result.write_text(json.dumps({"config": json.loads(load_config("quick", ["seed=0"]).to_json())}))
+    assert reproduce.stale_settings(str(result), args.config, args.overrides + ["seed=0"]) == "warmup_steps: 0 -> 500"
+
+
 def test_the_comparison_pairs_each_variant_with_mgdspr_seed_by_seed():
     from benchmarks.reproduce import paired_differences, paired_table
 
