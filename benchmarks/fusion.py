@@ -6,8 +6,8 @@ H_long), the [CLS] row's attention share and how far the user vector moves witho
 
 On the first test-window searches (`--searches`, one row each), with the model of a
 trained run (`ebr train` / `make train`), it prints per branch:
-- `rows`: the mean length of the branch's six rows, and the share of searches where they
-  are all zero (no such behaviour: the branch's zero attention gives exactly nothing);
+- `row length`: the mean length of the branch's six rows, and `empty`: the share of
+  searches where they are all zero (no such behaviour: zero attention gives exactly zero);
 - `attention`: the share of the [CLS] row's attention, averaged over heads and searches,
   in the fusion's first layer (only a fusion Transformer has it; the rest goes to [CLS]);
 - `moved`: 1 - cos(user vector, user vector with this branch's rows set to zero), the mean

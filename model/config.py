@@ -71,7 +71,7 @@ class MGDSPRConfig:
     learning_rate: float = 0.1
     adagrad_initial_accumulator: float = 0.1
     clip_norm: float = 3.0  # global L2 norm of all gradients; 0 = no clipping
-    warmup_steps: int = 0  # the rate rises linearly from learning_rate / warmup_steps to learning_rate
+    warmup_steps: int = 0  # the rate rises linearly to learning_rate over these steps; 0 = no warm-up
     seed: int = 0
 
     # -- item ids at catalog scale (model/lookup.py, docs/scale.md) ---------------------
@@ -294,16 +294,21 @@ def warmup_schedule():
     return Warmup
 
 
-def rate_variable(optimizer):
-    """The variable that sets an optimizer's learning rate from now on: a warm-up's target
-    rate, else the rate itself."""
+def rate_schedule(optimizer):
+    """The optimizer's learning-rate schedule (a warm-up), or None for a constant rate."""
     import features  # noqa: F401
     import tensorflow as tf
 
     schedule = getattr(optimizer, "_learning_rate", None)
-    if isinstance(schedule, tf.keras.optimizers.schedules.LearningRateSchedule):
-        return schedule.rate
-    return optimizer.learning_rate
+    return schedule if isinstance(schedule, tf.keras.optimizers.schedules.LearningRateSchedule) else None
 
 
-__all__ = ["ABLATIONS", "PRESETS", "MGDSPRConfig", "load_config", "make_optimizer", "parse_overrides", "rate_variable"]
+def rate_variable(optimizer):
+    """The variable that sets an optimizer's learning rate from now on: a warm-up's target
+    rate, else the rate itself."""
+    schedule = rate_schedule(optimizer)
+    return optimizer.learning_rate if schedule is None else schedule.rate
+
+
+__all__ = ["ABLATIONS", "PRESETS", "MGDSPRConfig", "load_config", "make_optimizer", "parse_overrides", "rate_schedule",
+           "rate_variable"]

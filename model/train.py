@@ -168,12 +168,11 @@ def summed_clipping(optimizer):
 def rebuilt(cls, optimizer):
     """An optimizer of class `cls` with `optimizer`'s settings. A learning-rate schedule (a
     warm-up) is handed over as it is, with its variables, not rebuilt from its config."""
-    import tensorflow as tf
+    from model.config import rate_schedule
 
     config = optimizer.get_config()
-    schedule = getattr(optimizer, "_learning_rate", None)
-    if isinstance(schedule, tf.keras.optimizers.schedules.LearningRateSchedule):
-        config["learning_rate"] = schedule
+    if rate_schedule(optimizer) is not None:
+        config["learning_rate"] = rate_schedule(optimizer)
     return cls.from_config(config)
 
 
