@@ -47,22 +47,9 @@ def cls_attention(fusion, parts: dict):
     averaged over heads (slot 0 is [CLS] itself, then 6 rows per branch in BRANCHES order)."""
     import tensorflow as tf
 
-    x = tf.concat([parts[b] for b in BRANCHES], axis=1)
-    cls = tf.tile(fusion.cls[None, None, :], [tf.shape(x)[0], 1, 1])
-    x = tf.concat([cls, x], axis=1) + fusion.positions[None]
-    block = fusion.blocks[0].attention
-    attention = block.attention
-    normed = block.norm(x)
-    q, k = attention._heads(attention.q(normed)), attention._heads(attention.k(normed))
-    logits = tf.matmul(q[:, :, :1], k, transpose_b=True) * attention.head_dim**-0.5  # [S, h, 1, slots]
-    return tf.reduce_mean(tf.nn.softmax(logits, axis=-1)[:, :, 0], axis=1)
-
-
-def tower_vector(model, parts: dict):
-    from model.layers import tower_output
-
-    tower = model.user_tower
-    return tower_output(tower.fusion([parts[b] for b in BRANCHES]), tower.config.score_scale)
+    block = fusion.blocks[0].attention  # pre-norm: the attention reads normalised rows
+    weights = block.attention.probabilities(block.norm(fusion.sequence([parts[b] for b in BRANCHES])))
+    return tf.reduce_mean(weights[:, :, 0], axis=1)
 
 
 def inspect(model, data_dir: str, searches: int = 1000) -> dict:
@@ -75,11 +62,11 @@ def inspect(model, data_dir: str, searches: int = 1000) -> dict:
     parts = fusion_inputs(model, data_dir, searches)
     fusion = model.user_tower.fusion
     attention = cls_attention(fusion, parts).numpy() if isinstance(fusion, FusionTransformer) else None
-    full = tower_vector(model, parts)
+    full = model.user_tower.fuse(parts)
     out = {"searches": int(full.shape[0])}
     for i, branch in enumerate(BRANCHES):
         norms = tf.norm(parts[branch], axis=-1).numpy()  # [S, 6]
-        without = tower_vector(model, {**parts, branch: tf.zeros_like(parts[branch])})
+        without = model.user_tower.fuse({**parts, branch: tf.zeros_like(parts[branch])})
         cos = tf.reduce_sum(tf.math.l2_normalize(full, -1) * tf.math.l2_normalize(without, -1), -1).numpy()
         out[branch] = {
             "norm": float(norms.mean()),

@@ -148,13 +148,17 @@ class MultiHeadSelfAttention(tf.keras.layers.Layer):
         x = tf.reshape(x, [b, length, self.num_heads, self.head_dim])
         return tf.transpose(x, [0, 2, 1, 3])
 
-    def call(self, x, mask=None, training=None):
-        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+    def probabilities(self, x, mask=None):
+        """The attention probabilities [b, h, L, L] (row i: what position i attends to)."""
+        q, k = self._heads(self.q(x)), self._heads(self.k(x))
         logits = tf.matmul(q, k, transpose_b=True) * (self.head_dim**-0.5)  # [b, h, L, L]
         if mask is not None:
             logits += (1.0 - tf.cast(mask, logits.dtype))[:, None, None, :] * MASK_LOGIT
-        weights = self.attention_dropout(tf.nn.softmax(logits, axis=-1), training=training)
-        y = tf.matmul(weights, v)  # [b, h, L, d/h]
+        return tf.nn.softmax(logits, axis=-1)
+
+    def call(self, x, mask=None, training=None):
+        weights = self.attention_dropout(self.probabilities(x, mask), training=training)
+        y = tf.matmul(weights, self._heads(self.v(x)))  # [b, h, L, d/h]
         b, length = tf.shape(x)[0], tf.shape(x)[1]
         y = tf.reshape(tf.transpose(y, [0, 2, 1, 3]), [b, length, self.dim])
         return self.out(y)
@@ -543,10 +547,14 @@ class FusionTransformer(tf.keras.layers.Layer):
         self.positions = self.add_weight(name="positions", shape=(slots, self.dim), initializer=init(stddev=0.02))
         super().build(input_shape)
 
-    def call(self, parts, training=None):
+    def sequence(self, parts):
+        """The first block's input: [CLS] then the parts, with their positions [b, 1 + slots, d]."""
         x = tf.concat(list(parts), axis=1)
         cls = tf.tile(self.cls[None, None, :], [tf.shape(x)[0], 1, 1])
-        x = tf.concat([cls, x], axis=1) + self.positions[None]
+        return tf.concat([cls, x], axis=1) + self.positions[None]
+
+    def call(self, parts, training=None):
+        x = self.sequence(parts)
         for block in self.blocks:
             x = block(x, training=training)
         return self.final_norm(x[:, 0, :])

@@ -117,10 +117,13 @@ class UserTower(tf.keras.Model):
             "h_long": self.long_term(q, lt),
         }
 
-    def call(self, feats: dict, training=None):
-        p = self.parts(feats, training)
-        fused = self.fusion([p["q_mgs"], p["h_real"], p["h_short"], p["h_long"]], training=training)
+    def fuse(self, parts: dict, training=None):
+        """The user vector from the fusion's inputs (`parts`)."""
+        fused = self.fusion([parts["q_mgs"], parts["h_real"], parts["h_short"], parts["h_long"]], training=training)
         return tower_output(fused, self.config.score_scale)
+
+    def call(self, feats: dict, training=None):
+        return self.fuse(self.parts(feats, training), training)
 
 
 class ItemTower(tf.keras.Model):

@@ -170,9 +170,9 @@ def rebuilt(cls, optimizer):
     warm-up) is handed over as it is, with its variables, not rebuilt from its config."""
     from model.config import rate_schedule
 
-    config = optimizer.get_config()
-    if rate_schedule(optimizer) is not None:
-        config["learning_rate"] = rate_schedule(optimizer)
+    config, schedule = optimizer.get_config(), rate_schedule(optimizer)
+    if schedule is not None:
+        config["learning_rate"] = schedule
     return cls.from_config(config)
 
 
