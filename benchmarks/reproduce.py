@@ -186,6 +186,9 @@ def run_all(todo: list[tuple[str, int]], run, jobs: int) -> dict[tuple[str, int]
 
 
 METRICS = (("recall", "Recall@K"), ("p_good", "P_good@K"), ("filter_pass", "filter pass share@K"))
+# Recall@K split by the clicks' relevance to the query (ground truth); runs made before the
+# split have neither, and their cells read "-".
+RECALL_SPLIT = (("recall_relevant", "clicks relevant to the query"), ("recall_irrelevant", "the other clicks (noise)"))
 
 
 def _stats(values) -> dict | None:
@@ -205,8 +208,9 @@ def aggregate(runs: list[dict]) -> dict:
     out = {"variant": first["variant"], "description": DESCRIPTIONS.get(first["variant"], first["variant"]),
            "paper": PAPER.get(first["variant"], ""), "seeds": [r["seed"] for r in runs], "metrics": {},
            "slices": {}, "per_seed": runs}
-    for key in ("recall", "p_good", "p_good_ceiling", "filter_pass"):
-        out["metrics"][key] = {k: _stats([r["metrics"][key].get(k) for r in runs]) for k in ks}
+    for key in ("recall", "p_good", "p_good_ceiling", "filter_pass", *(key for key, _ in RECALL_SPLIT)):
+        out["metrics"][key] = {k: _stats([r["metrics"].get(key, {}).get(k) for r in runs]) for k in ks}
+    out["metrics"]["positives_relevant"] = _stats([r["metrics"].get("positives_relevant") for r in runs])
     for name in first["metrics"].get("slices", {}):
         entry = {"searches": first["metrics"]["slices"][name]["searches"]}
         for key in ("recall", "p_good", "p_good_ceiling"):
@@ -335,6 +339,21 @@ def markdown(report: dict) -> str:
         if key == "p_good":
             ceiling = report["results"][0]["metrics"]["p_good_ceiling"]
             lines.append("| *ceiling (a perfect model)* | " + " | ".join(_cell(ceiling.get(k)) for k in ks) + " |")
+    share = next((r["metrics"]["positives_relevant"] for r in report["results"]
+                  if r["metrics"].get("positives_relevant")), None)
+    if share:
+        lines += ["", "## Recall@K of the relevant clicks and of the noise", "",
+                  f"A search's clicks split by the ground truth: on average {100 * share['mean']:.1f}% of them are "
+                  "relevant to the query, the rest are noisy clicks. Recall@K over each part (the searches that "
+                  "have one): a model that ranks only relevant items finds the first and little of the second, so "
+                  "overall Recall@K can rise only as far as the relevant share plus what is found of the noise "
+                  "allows. \"-\": a run made before the split.", "",
+                  "| variant | " + " | ".join(f"relevant @{k}" for k in ks) + " | "
+                  + " | ".join(f"noise @{k}" for k in ks) + " |", "|---|" + "---:|" * (2 * len(ks))]
+        for r in report["results"]:
+            m = r["metrics"]
+            lines.append(f"| {r['variant']} | " + " | ".join(
+                _cell(m.get(key, {}).get(k)) for key, _ in RECALL_SPLIT for k in ks) + " |")
     slices = report["results"][0]["slices"] if report["results"] else {}
     for name, entry in slices.items():
         lines += ["", f"## Slice: {SLICE_TEXT.get(name, name)} ({entry['searches']} searches)", "",

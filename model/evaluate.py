@@ -316,7 +316,14 @@ def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, int
     truth, beside its ceiling `p_good_ceiling`: per query min(K, relevant items in the
     pool) / K, the best any model could score. The filter pass share is over all searches
     (a query without intents passes all). `slices` {name: [S] bool} adds `slices[name]`
-    with the same metrics over that subset of the searches."""
+    with the same metrics over that subset of the searches.
+
+    With the ground truth, Recall@K is also split by the clicks' relevance to the query:
+    `recall_relevant` over the positives the truth calls relevant, `recall_irrelevant`
+    over the others (noisy clicks), each averaged over the searches that have such
+    positives, and `positives_relevant` is the mean share of a search's positives that
+    are relevant. A model that ranks only relevant items can raise Recall@K no higher
+    than the relevant clicks allow plus what it finds of the noise."""
     import numpy as np
 
     ids, brands, leafs, tops = (item_fields[k] for k in ("item_id", "brand", "leaf_cat", "top_cat"))
@@ -324,7 +331,9 @@ def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, int
     ks = [k for k in ks if k <= kmax] or [kmax]
     # One row of [len(ks)] values per search (NaN where it has no ground truth or no
     # intents): the overall figures and every slice are means over these.
-    rows = {key: np.full((len(queries), len(ks)), np.nan) for key in ("recall", "p_good", "p_good_ceiling", "filter_pass")}
+    rows = {key: np.full((len(queries), len(ks)), np.nan)
+            for key in ("recall", "p_good", "p_good_ceiling", "filter_pass", "recall_relevant", "recall_irrelevant")}
+    relevant_share = []
     # Every per-item test compares a whole top-K row at once (a Python call per retrieved
     # item was most of the 41 s an evaluation took at 5,662 searches x K = 1000).
     position = {item_id: i for i, item_id in enumerate(ids)}
@@ -332,6 +341,10 @@ def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, int
     if truth is not None:
         true_leafs, true_brands = truth.true_fields(item_fields)
         counts = truth.pool_counts(true_leafs, true_brands)
+
+        def relevant_at(i: int, q: dict) -> bool:  # as P_good judges item i of the pool
+            return true_leafs[i] == q["leaf_category"] and (not q.get("brand") or true_brands[i] == q["brand"])
+
     with_truth = with_intent = 0
     for s, (row, query, pos) in enumerate(zip(topk, queries, positives)):
         found = [position[p] for p in pos if p in position]
@@ -347,6 +360,15 @@ def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, int
                 n_rel = truth.relevant_in_pool(q, counts)
                 rows["p_good"][s] = np.cumsum(rel)[ends] / np.asarray(ks)
                 rows["p_good_ceiling"][s] = [min(k, n_rel) / k for k in ks]
+                # The positives split as P_good judges items (one outside the pool by the truth alone).
+                good = [bool(relevant_at(position[p], q)) if p in position else truth.relevant(q, p, "", "")
+                        for p in pos]
+                relevant_share.append(sum(good) / len(pos))
+                for key, want in (("recall_relevant", True), ("recall_irrelevant", False)):
+                    group = [p for p, g in zip(pos, good) if g == want]
+                    if group:
+                        hit = np.cumsum(np.isin(row, [position[p] for p in group if p in position]))
+                        rows[key][s] = hit[ends] / len(group)
         if intents is not None:
             intent = intents.match(query)
             with_intent += not intent.empty
@@ -374,6 +396,7 @@ def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, int
         "items": int(len(ids)),
         "positives_in_pool": float(np.mean([sum(p in position for p in pos) / len(pos) for pos in positives]))
         if positives else None,
+        "positives_relevant": float(np.mean(relevant_share)) if relevant_share else None,
     }
 
 
@@ -416,6 +439,13 @@ def format_table(metrics: dict) -> str:
         k = str(k)
         lines.append(f"{k:>6}  {cell(metrics['recall'][k]):>8}  {cell(metrics['p_good'][k]):>8}  "
                      f"{cell(metrics.get('p_good_ceiling', {}).get(k)):>8}  {cell(metrics['filter_pass'][k]):>11}")
+    if metrics.get("positives_relevant") is not None:
+        def row(key):
+            return " ".join(cell(metrics[key].get(str(k))).strip() for k in metrics["k"])
+
+        lines.append(f"Recall@K split by the ground truth: the clicks relevant to the query "
+                     f"({100 * metrics['positives_relevant']:.1f}% of a search's) {row('recall_relevant')}; "
+                     f"the others (noise) {row('recall_irrelevant')}")
     lines.append(f"{metrics['searches']} test searches ({metrics['searches_with_truth']} with ground truth, "
                  f"{metrics['searches_with_intent']} with a brand/category intent), {metrics['items']} items in the pool")
     return "\n".join(lines)

@@ -56,6 +56,12 @@ def test_recall_p_good_and_filter_pass(world):
     assert m["searches"] == 2 and m["searches_with_truth"] == 2 and m["searches_with_intent"] == 2
     assert m["positives_in_pool"] == pytest.approx(0.75)
     assert "Recall@K" in format_table(m)
+    # Recall split by the truth: search 0's a is relevant (found at rank 2), its zz is not
+    # (outside the pool, never found); search 1's c is relevant (rank 1) and it has no other.
+    assert m["recall_relevant"] == {"1": pytest.approx(0.5), "2": pytest.approx(1.0), "4": pytest.approx(1.0)}
+    assert m["recall_irrelevant"] == {"1": pytest.approx(0.0), "2": pytest.approx(0.0), "4": pytest.approx(0.0)}
+    assert m["positives_relevant"] == pytest.approx((1 / 2 + 1) / 2)
+    assert "relevant to the query (75.0% of a search's) 0.5000 1.0000 1.0000; the others (noise) 0.0000" in format_table(m)
 
 
 def test_p_good_ceiling_and_slices(world):
@@ -109,13 +115,18 @@ def test_search_flags_come_from_the_worlds_per_search_truth(world, tmp_path):
 def _scalar_metrics(topk, fields, queries, positives, ks, truth, intents):
     """The metrics by their definitions, one Python test per retrieved item."""
     ids, brands, leafs, tops = (fields[k] for k in ("item_id", "brand", "leaf_cat", "top_cat"))
-    out = {key: [] for key in ("recall", "p_good", "filter_pass")}
+    out = {key: [] for key in ("recall", "p_good", "filter_pass", "recall_relevant", "recall_irrelevant")}
+    where = {item_id: i for i, item_id in enumerate(ids)}
     for row, query, pos in zip(topk, queries, positives):
         out["recall"].append([sum(ids[i] in pos for i in row[:k]) / len(pos) for k in ks])
         q = truth.query(query)
         if q is not None:
             out["p_good"].append([np.mean([truth.relevant(q, ids[i], leafs[i], brands[i]) for i in row[:k]])
                                   for k in ks])
+            good = {p for p in pos if p in where and truth.relevant(q, p, leafs[where[p]], brands[where[p]])}
+            for key, group in (("recall_relevant", good), ("recall_irrelevant", pos - good)):
+                if group:
+                    out[key].append([sum(ids[i] in group for i in row[:k]) / len(group) for k in ks])
         intent = intents.match(query)
         out["filter_pass"].append([np.mean([intent.passes(brands[i], leafs[i], tops[i]) for i in row[:k]])
                                    for k in ks])
@@ -154,10 +165,20 @@ def test_metrics_over_whole_rows_equal_the_per_item_definitions(tmp_path):
     positives = [set(rng.choice(fields["item_id"], rng.integers(1, 4))) | ({"gone"} if s % 7 == 0 else set())
                  for s in range(searches)]
     topk = np.stack([rng.permutation(n)[:50] for _ in range(searches)])
+    for s, query in enumerate(queries):  # most searches also click an item relevant to them, found at a random rank
+        q = truth.query(query)
+        good = [i for i in range(n) if q and truth.relevant(q, fields["item_id"][i], fields["leaf_cat"][i],
+                                                              fields["brand"][i])]
+        if good and s % 4:
+            i = int(rng.choice(good))
+            positives[s].add(fields["item_id"][i])
+            if i not in topk[s]:
+                topk[s, rng.integers(50)] = i
     ks = (1, 5, 20, 50)
     got = retrieval_metrics(topk, fields, queries, positives, ks, truth, intents)
     want = _scalar_metrics(topk, fields, queries, positives, ks, truth, intents)
     assert got["searches_with_truth"] < searches  # some queries have no truth
-    for key in ("recall", "p_good", "filter_pass"):
+    for key in ("recall", "p_good", "filter_pass", "recall_relevant", "recall_irrelevant"):
         assert got[key] == {k: pytest.approx(v) for k, v in want[key].items()}, key
+    assert 0 < got["recall_relevant"]["50"] < 1 and 0 < got["recall_irrelevant"]["50"] < 1
     assert 0 < got["p_good"]["50"] < 1 and 0 < got["filter_pass"]["50"] < 1

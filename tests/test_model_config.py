@@ -268,3 +268,28 @@ def test_a_warmup_rises_linearly_to_the_rate_which_a_run_can_then_lower():
     assert rates(wrapped, 2) == pytest.approx([0.0025, 0.005])
     with pytest.raises(ValueError, match="warmup_steps"):
         MGDSPRConfig(warmup_steps=-1)
+
+
+def test_the_report_splits_recall_by_the_clicks_relevance_and_marks_runs_made_before():
+    """reproduce.md's Recall@K of the relevant clicks and of the noise, mean over seeds;
+    a variant whose runs predate the split shows "-" instead of failing the report."""
+    from benchmarks.reproduce import aggregate, markdown
+
+    def run(variant, seed, relevant=None):
+        metrics = {"k": [50], "recall": {"50": 0.6}, "p_good": {"50": 0.7}, "p_good_ceiling": {"50": 0.9},
+                   "filter_pass": {"50": 0.8}, "slices": {}}
+        if relevant is not None:
+            metrics.update(recall_relevant={"50": relevant}, recall_irrelevant={"50": relevant / 4},
+                           positives_relevant=0.88)
+        return {"variant": variant, "seed": seed, "metrics": metrics, "steps": 500, "best_step": 250,
+                "train_seconds": 60.0, "plateau": True, "decay_steps": [], "curve": [], "seconds": 70.0}
+
+    results = [aggregate([run("mgdspr", 0, 0.70), run("mgdspr", 1, 0.72)]), aggregate([run("mlp", 0)])]
+    report = {"k": [50], "results": results, "world": "w", "scale": "medium", "world_seed": 7, "examples_train": 1,
+              "items": 10, "report_searches": 5, "config": "quick", "overrides": [], "model_seeds": [0, 1],
+              "monitor_k": 50, "eval_every": 250, "patience": 1, "max_steps": 500, "runs_finished": 3, "runs": 3,
+              "jobs": 1, "runs_made": 0, "seconds": 1.0, "machine": "m"}
+    text = markdown(report)
+    assert "on average 88.0% of them are relevant" in text
+    assert "| mgdspr | 71.00 ± 1.41 | 17.75 ± 0.35 |" in text
+    assert "| mlp | - | - |" in text
