@@ -188,7 +188,7 @@ def run_all(todo: list[tuple[str, int]], run, jobs: int) -> dict[tuple[str, int]
 METRICS = (("recall", "Recall@K"), ("p_good", "P_good@K"), ("filter_pass", "filter pass share@K"))
 # Recall@K split by the clicks' relevance to the query (ground truth); runs made before the
 # split have neither, and their cells read "-".
-RECALL_SPLIT = (("recall_relevant", "clicks relevant to the query"), ("recall_irrelevant", "the other clicks (noise)"))
+RECALL_SPLIT = ("recall_relevant", "recall_irrelevant")
 
 
 def _stats(values) -> dict | None:
@@ -208,7 +208,7 @@ def aggregate(runs: list[dict]) -> dict:
     out = {"variant": first["variant"], "description": DESCRIPTIONS.get(first["variant"], first["variant"]),
            "paper": PAPER.get(first["variant"], ""), "seeds": [r["seed"] for r in runs], "metrics": {},
            "slices": {}, "per_seed": runs}
-    for key in ("recall", "p_good", "p_good_ceiling", "filter_pass", *(key for key, _ in RECALL_SPLIT)):
+    for key in ("recall", "p_good", "p_good_ceiling", "filter_pass", *RECALL_SPLIT):
         out["metrics"][key] = {k: _stats([r["metrics"].get(key, {}).get(k) for r in runs]) for k in ks}
     out["metrics"]["positives_relevant"] = _stats([r["metrics"].get("positives_relevant") for r in runs])
     for name in first["metrics"].get("slices", {}):
@@ -353,7 +353,7 @@ def markdown(report: dict) -> str:
         for r in report["results"]:
             m = r["metrics"]
             lines.append(f"| {r['variant']} | " + " | ".join(
-                _cell(m.get(key, {}).get(k)) for key, _ in RECALL_SPLIT for k in ks) + " |")
+                _cell(m.get(key, {}).get(k)) for key in RECALL_SPLIT for k in ks) + " |")
     slices = report["results"][0]["slices"] if report["results"] else {}
     for name, entry in slices.items():
         lines += ["", f"## Slice: {SLICE_TEXT.get(name, name)} ({entry['searches']} searches)", "",
