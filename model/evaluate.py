@@ -342,8 +342,12 @@ def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, int
         true_leafs, true_brands = truth.true_fields(item_fields)
         counts = truth.pool_counts(true_leafs, true_brands)
 
-        def relevant_at(i: int, q: dict) -> bool:  # as P_good judges item i of the pool
-            return true_leafs[i] == q["leaf_category"] and (not q.get("brand") or true_brands[i] == q["brand"])
+        def relevant(at, q: dict):
+            """Whether the pool's items at `at` (an index or an array of them) are relevant to q."""
+            ok = true_leafs[at] == q["leaf_category"]
+            if q.get("brand"):
+                ok &= true_brands[at] == q["brand"]
+            return ok
 
     with_truth = with_intent = 0
     for s, (row, query, pos) in enumerate(zip(topk, queries, positives)):
@@ -354,14 +358,12 @@ def retrieval_metrics(topk, item_fields, queries, positives, ks, truth=None, int
             q = truth.query(query)
             if q is not None:
                 with_truth += 1
-                rel = true_leafs[row] == q["leaf_category"]
-                if q.get("brand"):
-                    rel &= true_brands[row] == q["brand"]
+                rel = relevant(row, q)
                 n_rel = truth.relevant_in_pool(q, counts)
                 rows["p_good"][s] = np.cumsum(rel)[ends] / np.asarray(ks)
                 rows["p_good_ceiling"][s] = [min(k, n_rel) / k for k in ks]
                 # The positives split as P_good judges items (one outside the pool by the truth alone).
-                good = [bool(relevant_at(position[p], q)) if p in position else truth.relevant(q, p, "", "")
+                good = [bool(relevant(position[p], q)) if p in position else truth.relevant(q, p, "", "")
                         for p in pos]
                 relevant_share.append(sum(good) / len(pos))
                 for key, want in (("recall_relevant", True), ("recall_irrelevant", False)):
