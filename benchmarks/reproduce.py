@@ -262,6 +262,48 @@ def relevance_along(result: dict) -> tuple[str, str]:
     return f"{100 * np.nanmean(kept):.2f}", f"{100 * np.mean(peak):.2f} ({steps})"
 
 
+# The variants whose recall sets the levels of "relevance at equal recall".
+LEVEL_VARIANTS = ("mlp", "mgdspr")
+
+
+def recall_levels(results: list[dict]) -> list[float]:
+    """The validation recall every seed of the baseline reaches, and every seed of
+    MGDSPR: for each of LEVEL_VARIANTS present, the lowest of its seeds' best validation
+    recall, rounded down to a whole percent."""
+    import math
+
+    levels = set()
+    for r in results:
+        if r["variant"] not in LEVEL_VARIANTS:
+            continue
+        bests = [max(c["val_recall"] for c in p["curve"]) for p in r["per_seed"] if p.get("curve")]
+        if bests:
+            levels.add(math.floor(100 * min(bests) + 1e-9) / 100)
+    return sorted(levels)
+
+
+def relevance_at_recall(result: dict, level: float) -> str:
+    """Validation P_good@50 at validation recall >= `level`, as a table cell: for each
+    seed the best of its evaluations that reach the level, mean over the seeds that do
+    ("never" when none does; "(n of m)" when some do not)."""
+    import numpy as np
+
+    best, seeds = [], 0
+    for run in result["per_seed"]:
+        points = [c for c in run.get("curve", []) if c.get("val_p_good") is not None]
+        if not points:
+            continue
+        seeds += 1
+        reached = [c["val_p_good"] for c in points if c["val_recall"] >= level]
+        if reached:
+            best.append(max(reached))
+    if not seeds:
+        return "-"
+    if not best:
+        return "never"
+    return f"{100 * np.mean(best):.2f}" + ("" if len(best) == seeds else f" ({len(best)} of {seeds})")
+
+
 def paired_differences(run: dict, full: dict, key: str, k: str) -> dict | None:
     """`run`'s metric minus MGDSPR's (`full`), seed by seed over the seeds both have:
     mean and sample std of the differences. Same-seed runs share the data order, so the
@@ -374,6 +416,19 @@ def markdown(report: dict) -> str:
         decayed = "/".join(",".join(map(str, p["decay_steps"])) or "-" for p in r["per_seed"] if "decay_steps" in p)
         lines.append(f"| {r['variant']} | {r['steps']['mean']:.0f} | {decayed or '-'} | {r['best_step']['mean']:.0f} | "
                      f"{r['plateaued']} of {len(r['per_seed'])} | {r['train_seconds']['mean']:.0f} | {kept} | {peak} |")
+    levels = recall_levels(report["results"])
+    if levels:
+        monitor = report.get("monitor_k", 200)
+        lines += ["", "## Relevance at equal recall", "",
+                  "The kept step is where validation recall stopped rising, and a run's relevance peaks earlier, so "
+                  "where the plateau falls moves P_good. Read along the curves instead: for each seed the best "
+                  f"validation P_good@50 among its evaluations whose validation Recall@{monitor} is at least the "
+                  "level, mean over the seeds that reach it. The levels: the recall every seed of "
+                  + " and of ".join(f"`{v}`" for v in LEVEL_VARIANTS) + " reaches.", "",
+                  "| variant | " + " | ".join(f"Recall@{monitor} >= {100 * lv:.0f}%" for lv in levels) + " |",
+                  "|---|" + "---:|" * len(levels)]
+        for r in report["results"]:
+            lines.append(f"| {r['variant']} | " + " | ".join(relevance_at_recall(r, lv) for lv in levels) + " |")
     lines += ["", "Curves: [reproduce_curves.png](reproduce_curves.png).", "",
               "## Beside the paper", "",
               "| variant | what the paper reports | here, Recall@" + ks[-1] + " / P_good@" + ks[-1] + " vs MGDSPR |",
@@ -453,6 +508,26 @@ def plot_curves(results: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+INVOCATION_KEYS = ("runs_made", "jobs", "seconds", "machine")
+
+
+def previous_invocation(path: str, results: list[dict]) -> dict | None:
+    """The invocation fields (INVOCATION_KEYS) of the report at `path` when it covers the
+    same runs as `results`: `--report-only` rewrites a report without training, and the
+    time it states stays that of the invocation that trained its runs. None otherwise."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+
+    def runs(rs):
+        return sorted((p["variant"], p["seed"], p.get("run_dir")) for r in rs for p in r["per_seed"])
+
+    if runs(old.get("results", [])) != runs(results) or any(k not in old for k in INVOCATION_KEYS):
+        return None
+    return {k: old[k] for k in INVOCATION_KEYS}
+
+
 def main(argv=None) -> int:
     from benchmarks.convergence import stopping_rule
     from benchmarks.machine import summary
@@ -508,6 +583,8 @@ def main(argv=None) -> int:
         "seconds": round(time.time() - t0, 1),
         "machine": summary(),
     }
+    if args.report_only:
+        report.update(previous_invocation(os.path.join(args.out, "reproduce.json"), results) or {})
     with open(os.path.join(args.out, "reproduce.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1, ensure_ascii=False)
     plot_curves(results, os.path.join(args.out, "reproduce_curves.png"))

@@ -187,6 +187,40 @@ def test_the_training_table_shows_relevance_at_the_kept_step_and_at_its_peak():
     assert relevance_along({"per_seed": [{"best_step": 500, "curve": [{"step": 500}]}]}) == ("-", "-")
 
 
+def test_the_report_compares_relevance_at_the_recall_the_baseline_and_mgdspr_reach():
+    from benchmarks.reproduce import recall_levels, relevance_at_recall
+
+    def run(*points):
+        return {"curve": [{"step": 250 * (i + 1), "val_recall": r, "val_p_good": g} for i, (r, g) in enumerate(points)]}
+
+    mlp = {"variant": "mlp", "per_seed": [run((0.70, 0.72), (0.773, 0.69)), run((0.781, 0.70))]}
+    full = {"variant": "mgdspr", "per_seed": [run((0.76, 0.74), (0.80, 0.71), (0.79, 0.73)), run((0.795, 0.69))]}
+    other = {"variant": "no_mix", "per_seed": [run((0.75, 0.75)), run((0.78, 0.66)), {"curve": [{"step": 250}]}]}
+    # Every seed of mlp reaches 77%, every seed of MGDSPR 79%: the lowest best, rounded down.
+    assert recall_levels([mlp, full, other]) == [0.77, 0.79]
+    assert relevance_at_recall(mlp, 0.77) == "69.50"  # 0.69 and 0.70: an earlier, more relevant point is below it
+    assert relevance_at_recall(mlp, 0.79) == "never"
+    assert relevance_at_recall(full, 0.79) == "71.00"  # seed 0 at its best point at or above the level, 0.73
+    assert relevance_at_recall(other, 0.77) == "66.00 (1 of 2)"  # a run without val_p_good is not counted
+    assert relevance_at_recall({"per_seed": [{"curve": [{"step": 250}]}]}, 0.5) == "-"
+
+
+def test_a_report_rewritten_without_training_keeps_the_time_of_the_runs_invocation(tmp_path):
+    import json
+
+    from benchmarks.reproduce import previous_invocation
+
+    results = [{"per_seed": [{"variant": "mgdspr", "seed": 0, "run_dir": "runs/reproduce/mgdspr-seed0"}]}]
+    old = {"results": results, "runs_made": 24, "jobs": 2, "seconds": 6939.0, "machine": "AMD EPYC"}
+    path = tmp_path / "reproduce.json"
+    assert previous_invocation(str(path), results) is None
+    path.write_text(json.dumps(old))
+    assert previous_invocation(str(path), results) == {"runs_made": 24, "jobs": 2, "seconds": 6939.0,
+                                                       "machine": "AMD EPYC"}
+    more = [{"per_seed": results[0]["per_seed"] + [{"variant": "mgdspr", "seed": 1, "run_dir": "x"}]}]
+    assert previous_invocation(str(path), more) is None  # other runs: the old time is not theirs
+
+
 def test_the_report_states_the_stopping_rule_its_runs_had():
     from benchmarks.reproduce import rule_text
 
