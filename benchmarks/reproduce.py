@@ -521,7 +521,8 @@ def previous_invocation(path: str, results: list[dict]) -> dict | None:
         old = json.load(f)
 
     def runs(rs):
-        return sorted((p["variant"], p["seed"], p.get("run_dir")) for r in rs for p in r["per_seed"])
+        # A run trained again in the same folder has another time: then the old time is not its own.
+        return sorted((p["variant"], p["seed"], p.get("run_dir"), p.get("seconds")) for r in rs for p in r["per_seed"])
 
     if runs(old.get("results", [])) != runs(results) or any(k not in old for k in INVOCATION_KEYS):
         return None

@@ -219,6 +219,8 @@ def test_a_report_rewritten_without_training_keeps_the_time_of_the_runs_invocati
                                                        "machine": "AMD EPYC"}
     more = [{"per_seed": results[0]["per_seed"] + [{"variant": "mgdspr", "seed": 1, "run_dir": "x"}]}]
     assert previous_invocation(str(path), more) is None  # other runs: the old time is not theirs
+    again = [{"per_seed": [{**results[0]["per_seed"][0], "seconds": 480.0}]}]
+    assert previous_invocation(str(path), again) is None  # the same run trained again
 
 
 def test_the_report_states_the_stopping_rule_its_runs_had():
